@@ -1,0 +1,148 @@
+#pragma once
+// The SQLite store of a sweep: schema and migrations, every SQL statement, the monitoring views.
+// WAL mode with a busy timeout, so readers (`moesweep status`, `sqlite3 ... 'select * from status'`)
+// never block the one writer (the coordinator, rank 0). Each write method is one transaction.
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+struct sqlite3;
+
+namespace moesweep::db {
+
+// The newest schema version this build writes; older files are migrated forward on open.
+int latest_schema_version();
+
+// One grid point as the sweep expansion resolved it.
+struct RunSpec {
+  std::string run_key;      // SHA-256 of the canonical resolved config
+  std::string config_json;  // that canonical config
+  std::int64_t n_act = 0;
+  std::int64_t n_total = 0;
+  std::int64_t tokens = 0;  // D
+  std::int64_t experts = 1;
+  std::int64_t d_model = 0;
+  std::int64_t n_layers = 0;
+  std::int64_t n_heads = 0;
+  double lr = 0;
+  double flops = 0;  // 6·N_act·D
+};
+
+struct SweepInfo {
+  std::int64_t id = 0;
+  std::string name;
+  std::string spec_path;
+  std::string slurm_job_id;  // empty when not submitted through Slurm
+  std::string created_at;
+};
+
+// A row of the `status` view.
+struct StatusRow {
+  std::string run_key;
+  std::string state;  // pending | running | done | failed | diverged | preempted
+  std::int64_t n_act = 0;
+  std::int64_t tokens = 0;
+  std::int64_t experts = 1;
+  double progress = 0;  // 0..1
+  std::int64_t step = 0;
+  std::optional<double> last_loss;
+  std::optional<double> final_loss;
+  std::optional<double> tokens_per_s;
+  std::optional<std::int64_t> rank;  // first rank of the current/last attempt
+  std::int64_t ranks = 0;            // ranks of the current/last attempt
+  std::int64_t attempts = 0;
+  std::string updated_at;
+  std::string error;
+  double flops = 0;
+};
+
+// A row of the `sweep_summary` view: one per (sweep, state).
+struct SummaryRow {
+  std::string sweep;
+  std::string state;
+  std::int64_t runs = 0;
+  double flops_done = 0;
+  double flops_total = 0;
+};
+
+// A finished run, as the fit reads it.
+struct FinishedRun {
+  std::string run_key;
+  std::int64_t n_act = 0;
+  std::int64_t tokens = 0;
+  std::int64_t experts = 1;
+  double final_loss = 0;  // eval loss at capacity factor 1.5
+};
+
+// One heartbeat of a running attempt (metrics row + the run's live columns).
+struct Heartbeat {
+  std::int64_t attempt_id = 0;
+  std::int64_t step = 0;
+  std::int64_t tokens = 0;
+  double train_loss = 0;
+  std::optional<double> eval_loss;
+  double tokens_per_s = 0;
+  double lr = 0;
+};
+
+// How an attempt ended; `state` is the run's new state.
+struct AttemptEnd {
+  std::string state;         // done | failed | diverged | preempted | pending (requeued)
+  std::string exit_reason;   // free text kept on the attempt row ("completed", "heartbeat timeout", ...)
+  std::optional<double> final_loss;        // done only
+  std::optional<double> final_train_loss;  // done only
+  std::string error;                       // failed/diverged: the one-line reason
+};
+
+class Store {
+ public:
+  enum class Mode { ReadWrite, ReadOnly };
+
+  // Opens (creating in ReadWrite mode) and migrates to the latest schema. ReadOnly never writes and
+  // refuses a missing file or a schema newer than this build. Throws InputError for a file that is
+  // not a moesweep database.
+  static Store open(const std::string& path, Mode mode = Mode::ReadWrite);
+  // For migration tests: create/upgrade only up to `version`.
+  static Store open_at_version(const std::string& path, int version);
+
+  Store(Store&&) noexcept;
+  Store& operator=(Store&&) noexcept;
+  ~Store();
+
+  int schema_version() const;
+  const std::string& path() const { return path_; }
+
+  // Registers a sweep and its runs in one transaction. Idempotent: runs are inserted-or-ignored by
+  // run_key and linked to the sweep; a run shared with another sweep is the same row.
+  // Returns the number of runs that were new.
+  std::int64_t register_sweep(const std::string& name, const std::string& spec_path,
+                              const std::vector<RunSpec>& runs);
+  std::optional<SweepInfo> sweep(const std::string& name) const;
+  std::vector<SweepInfo> sweeps() const;
+  void set_slurm_job(const std::string& sweep_name, const std::string& job_id);
+
+  // Attempts and heartbeats (the coordinator's writes).
+  std::int64_t start_attempt(const std::string& run_key, int rank, int ranks, const std::string& host,
+                             std::int64_t resumed_from_step = 0);
+  void record_heartbeats(const std::vector<Heartbeat>& beats);  // one transaction for the batch
+  void finish_attempt(std::int64_t attempt_id, const AttemptEnd& end);
+  void add_event(const std::string& kind, const std::string& message, const std::string& run_key = "");
+
+  // Reads.
+  std::vector<StatusRow> status(const std::optional<std::string>& sweep = std::nullopt) const;
+  std::vector<SummaryRow> summary(const std::optional<std::string>& sweep = std::nullopt) const;
+  std::vector<FinishedRun> finished_runs(const std::optional<std::string>& sweep = std::nullopt) const;
+
+  // Escape hatch for tests and tools: run a query, rows as strings (NULL → "").
+  std::vector<std::vector<std::string>> query(const std::string& sql) const;
+
+ private:
+  Store(sqlite3* db, std::string path, Mode mode);
+  sqlite3* db_ = nullptr;
+  std::string path_;
+  Mode mode_ = Mode::ReadWrite;
+};
+
+}  // namespace moesweep::db

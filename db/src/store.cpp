@@ -1,0 +1,513 @@
+#include "moesweep/db/store.h"
+
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstring>
+#include <stdexcept>
+#include <utility>
+
+#include "moesweep/input_error.h"
+
+namespace moesweep::db {
+namespace {
+
+// Forward migrations: migration i (1-based) takes the schema from version i−1 to version i. Never edit a
+// migration that has shipped; add a new one. Views are dropped and recreated by the last migration that
+// touches them.
+constexpr std::array<const char*, 2> kMigrations = {
+    // v1: the core tables.
+    R"sql(
+CREATE TABLE sweeps (
+  id          INTEGER PRIMARY KEY,
+  name        TEXT NOT NULL UNIQUE,
+  spec_path   TEXT NOT NULL,
+  created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+CREATE TABLE runs (
+  id          INTEGER PRIMARY KEY,
+  run_key     TEXT NOT NULL UNIQUE,
+  config_json TEXT NOT NULL,
+  n_act       INTEGER NOT NULL,
+  n_total     INTEGER NOT NULL,
+  tokens      INTEGER NOT NULL,
+  experts     INTEGER NOT NULL,
+  d_model     INTEGER NOT NULL,
+  n_layers    INTEGER NOT NULL,
+  n_heads     INTEGER NOT NULL,
+  lr          REAL NOT NULL,
+  flops       REAL NOT NULL,
+  state       TEXT NOT NULL DEFAULT 'pending'
+              CHECK (state IN ('pending','running','done','failed','diverged','preempted')),
+  attempts    INTEGER NOT NULL DEFAULT 0,
+  final_loss  REAL,
+  error       TEXT,
+  created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+  updated_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+CREATE TABLE sweep_runs (
+  sweep_id INTEGER NOT NULL REFERENCES sweeps(id),
+  run_id   INTEGER NOT NULL REFERENCES runs(id),
+  PRIMARY KEY (sweep_id, run_id)
+) WITHOUT ROWID;
+CREATE TABLE attempts (
+  id          INTEGER PRIMARY KEY,
+  run_id      INTEGER NOT NULL REFERENCES runs(id),
+  rank        INTEGER NOT NULL,
+  host        TEXT NOT NULL,
+  started_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+  ended_at    TEXT,
+  exit_reason TEXT
+);
+CREATE TABLE metrics (
+  id           INTEGER PRIMARY KEY,
+  run_id       INTEGER NOT NULL REFERENCES runs(id),
+  attempt_id   INTEGER NOT NULL REFERENCES attempts(id),
+  step         INTEGER NOT NULL,
+  tokens       INTEGER NOT NULL,
+  train_loss   REAL,
+  eval_loss    REAL,
+  tokens_per_s REAL,
+  recorded_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+CREATE INDEX metrics_by_run ON metrics(run_id, step);
+CREATE TABLE events (
+  id      INTEGER PRIMARY KEY,
+  at      TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+  run_id  INTEGER REFERENCES runs(id),
+  kind    TEXT NOT NULL,
+  message TEXT NOT NULL
+);
+)sql",
+    // v2: live progress columns on runs (so readers never scan metrics), gang size and resume point on
+    // attempts, the learning rate on metrics, the Slurm job of a sweep, and the monitoring views.
+    R"sql(
+ALTER TABLE runs ADD COLUMN step INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN tokens_done INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN last_loss REAL;
+ALTER TABLE runs ADD COLUMN tokens_per_s REAL;
+ALTER TABLE runs ADD COLUMN final_train_loss REAL;
+ALTER TABLE attempts ADD COLUMN ranks INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE attempts ADD COLUMN resumed_from_step INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE metrics ADD COLUMN lr REAL;
+ALTER TABLE sweeps ADD COLUMN slurm_job_id TEXT;
+CREATE INDEX attempts_by_run ON attempts(run_id);
+UPDATE runs SET tokens_done = tokens WHERE state = 'done';
+
+DROP VIEW IF EXISTS status;
+CREATE VIEW status AS
+SELECT r.run_key, r.state, r.n_act, r.tokens, r.experts,
+       CASE WHEN r.state = 'done' THEN 1.0
+            ELSE MIN(1.0, CAST(r.tokens_done AS REAL) / r.tokens) END AS progress,
+       r.step, r.last_loss, r.final_loss, r.tokens_per_s,
+       a.rank AS rank, COALESCE(a.ranks, 0) AS ranks, r.attempts, r.updated_at, r.error, r.flops
+FROM runs r
+LEFT JOIN attempts a ON a.id = (SELECT MAX(id) FROM attempts WHERE run_id = r.id);
+
+DROP VIEW IF EXISTS sweep_summary;
+CREATE VIEW sweep_summary AS
+SELECT s.name AS sweep, r.state AS state, COUNT(*) AS runs,
+       SUM(CASE WHEN r.state = 'done' THEN r.flops
+                ELSE 6.0 * r.n_act * MIN(r.tokens_done, r.tokens) END) AS flops_done,
+       SUM(r.flops) AS flops_total
+FROM sweeps s JOIN sweep_runs sr ON sr.sweep_id = s.id JOIN runs r ON r.id = sr.run_id
+GROUP BY s.name, r.state;
+)sql",
+};
+
+[[noreturn]] void fail(sqlite3* db, const std::string& what) {
+  throw std::runtime_error(what + ": " + (db ? sqlite3_errmsg(db) : "out of memory"));
+}
+
+void exec(sqlite3* db, const char* sql) {
+  char* message = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &message) != SQLITE_OK) {
+    std::string text = message ? message : "unknown error";
+    sqlite3_free(message);
+    throw std::runtime_error(std::string("sqlite: ") + text);
+  }
+}
+
+// A prepared statement with typed binds; finalised on scope exit.
+class Statement {
+ public:
+  Statement(sqlite3* db, const char* sql) : db_(db) {
+    if (sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) != SQLITE_OK) fail(db, "prepare");
+  }
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+  ~Statement() { sqlite3_finalize(stmt_); }
+
+  Statement& bind(int i, std::int64_t v) { return check(sqlite3_bind_int64(stmt_, i, v)); }
+  Statement& bind(int i, int v) { return bind(i, static_cast<std::int64_t>(v)); }
+  Statement& bind(int i, double v) { return check(sqlite3_bind_double(stmt_, i, v)); }
+  Statement& bind(int i, const std::string& v) {
+    return check(sqlite3_bind_text(stmt_, i, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+  }
+  Statement& bind(int i, const std::optional<double>& v) {
+    return v ? bind(i, *v) : check(sqlite3_bind_null(stmt_, i));
+  }
+  Statement& bind_null(int i) { return check(sqlite3_bind_null(stmt_, i)); }
+
+  // true while a row is available
+  bool step() {
+    int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    fail(db_, "step");
+  }
+  void run() {
+    while (step()) {
+    }
+    sqlite3_reset(stmt_);
+  }
+  void reset() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
+
+  std::int64_t i64(int col) const { return sqlite3_column_int64(stmt_, col); }
+  double f64(int col) const { return sqlite3_column_double(stmt_, col); }
+  bool is_null(int col) const { return sqlite3_column_type(stmt_, col) == SQLITE_NULL; }
+  std::optional<double> opt_f64(int col) const { return is_null(col) ? std::nullopt : std::optional(f64(col)); }
+  std::string text(int col) const {
+    auto p = sqlite3_column_text(stmt_, col);
+    return p ? reinterpret_cast<const char*>(p) : "";
+  }
+  int columns() const { return sqlite3_column_count(stmt_); }
+
+ private:
+  Statement& check(int rc) {
+    if (rc != SQLITE_OK) fail(db_, "bind");
+    return *this;
+  }
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+};
+
+// BEGIN IMMEDIATE … COMMIT, rolled back if the scope exits by exception: never a half-written row.
+class Transaction {
+ public:
+  explicit Transaction(sqlite3* db) : db_(db) { exec(db_, "BEGIN IMMEDIATE"); }
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+  ~Transaction() {
+    if (!committed_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  void commit() {
+    exec(db_, "COMMIT");
+    committed_ = true;
+  }
+
+ private:
+  sqlite3* db_;
+  bool committed_ = false;
+};
+
+int read_user_version(sqlite3* db) {
+  Statement s(db, "PRAGMA user_version");
+  return s.step() ? static_cast<int>(s.i64(0)) : 0;
+}
+
+void migrate(sqlite3* db, const std::string& path, int target) {
+  int version = read_user_version(db);
+  if (version == 0) {
+    // A fresh file has no tables at all; anything else at version 0 is somebody else's database.
+    Statement s(db, "SELECT COUNT(*) FROM sqlite_master");
+    if (s.step() && s.i64(0) > 0) throw InputError(path + ": not a moesweep database (it has other tables)");
+  }
+  if (version > latest_schema_version())
+    throw InputError(path + ": schema version " + std::to_string(version) + " is newer than this moesweep (" +
+                     std::to_string(latest_schema_version()) + "); upgrade moesweep");
+  for (int v = version + 1; v <= target; ++v) {
+    Transaction t(db);
+    exec(db, kMigrations[v - 1]);
+    exec(db, ("PRAGMA user_version = " + std::to_string(v)).c_str());
+    t.commit();
+  }
+}
+
+sqlite3* open_connection(const std::string& path, Store::Mode mode) {
+  if (mode == Store::Mode::ReadOnly && access(path.c_str(), R_OK) != 0)
+    throw InputError(path + ": no such database (or not readable)");
+  int flags = mode == Store::Mode::ReadOnly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &db, flags | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
+    std::string message = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    throw InputError(path + ": cannot open database: " + message);
+  }
+  // Readers wait for the writer's short transactions instead of failing with "database is locked".
+  sqlite3_busy_timeout(db, 10'000);
+  try {
+    // Probe the header: a non-SQLite file fails here with "file is not a database".
+    Statement(db, "SELECT COUNT(*) FROM sqlite_master").run();
+    if (mode == Store::Mode::ReadWrite) {
+      exec(db, "PRAGMA journal_mode = WAL");
+      exec(db, "PRAGMA synchronous = NORMAL");  // durable at checkpoints; WAL keeps it consistent
+      exec(db, "PRAGMA foreign_keys = ON");
+    }
+  } catch (const std::runtime_error& e) {
+    sqlite3_close(db);
+    throw InputError(path + ": not a moesweep database (" + e.what() + ")");
+  }
+  return db;
+}
+
+StatusRow status_row(const Statement& s) {
+  StatusRow r;
+  r.run_key = s.text(0);
+  r.state = s.text(1);
+  r.n_act = s.i64(2);
+  r.tokens = s.i64(3);
+  r.experts = s.i64(4);
+  r.progress = s.f64(5);
+  r.step = s.i64(6);
+  r.last_loss = s.opt_f64(7);
+  r.final_loss = s.opt_f64(8);
+  r.tokens_per_s = s.opt_f64(9);
+  if (!s.is_null(10)) r.rank = s.i64(10);
+  r.ranks = s.i64(11);
+  r.attempts = s.i64(12);
+  r.updated_at = s.text(13);
+  r.error = s.text(14);
+  r.flops = s.f64(15);
+  return r;
+}
+
+constexpr const char* kNow = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
+
+}  // namespace
+
+int latest_schema_version() { return static_cast<int>(kMigrations.size()); }
+
+Store::Store(sqlite3* db, std::string path, Mode mode) : db_(db), path_(std::move(path)), mode_(mode) {}
+Store::Store(Store&& other) noexcept
+    : db_(std::exchange(other.db_, nullptr)), path_(std::move(other.path_)), mode_(other.mode_) {}
+Store& Store::operator=(Store&& other) noexcept {
+  if (this != &other) {
+    if (db_) sqlite3_close(db_);
+    db_ = std::exchange(other.db_, nullptr);
+    path_ = std::move(other.path_);
+    mode_ = other.mode_;
+  }
+  return *this;
+}
+Store::~Store() {
+  if (db_) sqlite3_close(db_);
+}
+
+Store Store::open(const std::string& path, Mode mode) {
+  sqlite3* db = open_connection(path, mode);
+  Store store(db, path, mode);
+  int version = read_user_version(db);
+  if (mode == Mode::ReadOnly) {
+    if (version == 0) throw InputError(path + ": not a moesweep database (no schema)");
+    if (version > latest_schema_version())
+      throw InputError(path + ": schema version " + std::to_string(version) + " is newer than this moesweep");
+    if (version < latest_schema_version())
+      throw InputError(path + ": schema version " + std::to_string(version) +
+                       " is older than this moesweep; open it once read-write (e.g. moesweep run) to migrate");
+  } else {
+    migrate(db, path, latest_schema_version());
+  }
+  return store;
+}
+
+Store Store::open_at_version(const std::string& path, int version) {
+  sqlite3* db = open_connection(path, Mode::ReadWrite);
+  Store store(db, path, Mode::ReadWrite);
+  migrate(db, path, version);
+  return store;
+}
+
+int Store::schema_version() const { return read_user_version(db_); }
+
+std::int64_t Store::register_sweep(const std::string& name, const std::string& spec_path,
+                                   const std::vector<RunSpec>& runs) {
+  Transaction t(db_);
+  Statement(db_, "INSERT INTO sweeps(name, spec_path) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET spec_path=excluded.spec_path")
+      .bind(1, name)
+      .bind(2, spec_path)
+      .run();
+  Statement sweep_id(db_, "SELECT id FROM sweeps WHERE name = ?");
+  sweep_id.bind(1, name);
+  sweep_id.step();
+  const std::int64_t sid = sweep_id.i64(0);
+
+  Statement insert(db_,
+                   "INSERT OR IGNORE INTO runs(run_key, config_json, n_act, n_total, tokens, experts, d_model, "
+                   "n_layers, n_heads, lr, flops) VALUES (?,?,?,?,?,?,?,?,?,?,?)");
+  Statement link(db_,
+                 "INSERT OR IGNORE INTO sweep_runs(sweep_id, run_id) SELECT ?, id FROM runs WHERE run_key = ?");
+  std::int64_t inserted = 0;
+  for (const RunSpec& r : runs) {
+    insert.reset();
+    insert.bind(1, r.run_key).bind(2, r.config_json).bind(3, r.n_act).bind(4, r.n_total).bind(5, r.tokens);
+    insert.bind(6, r.experts).bind(7, r.d_model).bind(8, r.n_layers).bind(9, r.n_heads).bind(10, r.lr);
+    insert.bind(11, r.flops);
+    insert.run();
+    inserted += sqlite3_changes(db_);
+    link.reset();
+    link.bind(1, sid).bind(2, r.run_key);
+    link.run();
+  }
+  t.commit();
+  return inserted;
+}
+
+std::optional<SweepInfo> Store::sweep(const std::string& name) const {
+  for (SweepInfo& s : sweeps())
+    if (s.name == name) return s;
+  return std::nullopt;
+}
+
+std::vector<SweepInfo> Store::sweeps() const {
+  Statement s(db_, "SELECT id, name, spec_path, COALESCE(slurm_job_id,''), created_at FROM sweeps ORDER BY id");
+  std::vector<SweepInfo> out;
+  while (s.step()) out.push_back({s.i64(0), s.text(1), s.text(2), s.text(3), s.text(4)});
+  return out;
+}
+
+void Store::set_slurm_job(const std::string& sweep_name, const std::string& job_id) {
+  Transaction t(db_);
+  Statement(db_, "UPDATE sweeps SET slurm_job_id = ? WHERE name = ?").bind(1, job_id).bind(2, sweep_name).run();
+  if (sqlite3_changes(db_) != 1) throw InputError(path_ + ": no sweep named '" + sweep_name + "'");
+  t.commit();
+}
+
+std::int64_t Store::start_attempt(const std::string& run_key, int rank, int ranks, const std::string& host,
+                                  std::int64_t resumed_from_step) {
+  Transaction t(db_);
+  Statement run(db_, "SELECT id, state FROM runs WHERE run_key = ?");
+  run.bind(1, run_key);
+  if (!run.step()) throw std::runtime_error("no run with key " + run_key);
+  const std::int64_t run_id = run.i64(0);
+  if (run.text(1) == "done") throw std::runtime_error("run " + run_key + " is already done");
+  Statement(db_, "INSERT INTO attempts(run_id, rank, ranks, host, resumed_from_step) VALUES (?,?,?,?,?)")
+      .bind(1, run_id)
+      .bind(2, rank)
+      .bind(3, ranks)
+      .bind(4, host)
+      .bind(5, resumed_from_step)
+      .run();
+  const std::int64_t attempt_id = sqlite3_last_insert_rowid(db_);
+  Statement(db_, (std::string("UPDATE runs SET state='running', attempts = attempts + 1, error = NULL, "
+                              "tokens_per_s = NULL, updated_at = ") +
+                  kNow + " WHERE id = ?")
+                     .c_str())
+      .bind(1, run_id)
+      .run();
+  t.commit();
+  return attempt_id;
+}
+
+void Store::record_heartbeats(const std::vector<Heartbeat>& beats) {
+  if (beats.empty()) return;
+  Transaction t(db_);
+  Statement metric(db_,
+                   "INSERT INTO metrics(run_id, attempt_id, step, tokens, train_loss, eval_loss, tokens_per_s, lr) "
+                   "SELECT run_id, id, ?, ?, ?, ?, ?, ? FROM attempts WHERE id = ?");
+  Statement live(db_, (std::string("UPDATE runs SET step=?, tokens_done=?, last_loss=?, tokens_per_s=?, "
+                                   "updated_at=") +
+                       kNow + " WHERE id = (SELECT run_id FROM attempts WHERE id = ?) AND state = 'running'")
+                          .c_str());
+  for (const Heartbeat& b : beats) {
+    metric.reset();
+    metric.bind(1, b.step).bind(2, b.tokens).bind(3, b.train_loss).bind(4, b.eval_loss);
+    metric.bind(5, b.tokens_per_s).bind(6, b.lr).bind(7, b.attempt_id);
+    metric.run();
+    if (sqlite3_changes(db_) != 1) throw std::runtime_error("heartbeat for unknown attempt " + std::to_string(b.attempt_id));
+    live.reset();
+    live.bind(1, b.step).bind(2, b.tokens).bind(3, b.train_loss).bind(4, b.tokens_per_s).bind(5, b.attempt_id);
+    live.run();
+  }
+  t.commit();
+}
+
+void Store::finish_attempt(std::int64_t attempt_id, const AttemptEnd& end) {
+  static constexpr const char* kEndStates[] = {"done", "failed", "diverged", "preempted", "pending"};
+  bool valid = false;
+  for (const char* s : kEndStates) valid = valid || end.state == s;
+  if (!valid) throw std::runtime_error("finish_attempt: invalid end state '" + end.state + "'");
+
+  Transaction t(db_);
+  Statement(db_, (std::string("UPDATE attempts SET ended_at=") + kNow + ", exit_reason=? WHERE id=? AND ended_at IS NULL").c_str())
+      .bind(1, end.exit_reason)
+      .bind(2, attempt_id)
+      .run();
+  if (sqlite3_changes(db_) != 1)
+    throw std::runtime_error("attempt " + std::to_string(attempt_id) + " is unknown or already finished");
+  Statement update(db_, (std::string("UPDATE runs SET state=?, final_loss=COALESCE(?, final_loss), "
+                                     "final_train_loss=COALESCE(?, final_train_loss), error=?, "
+                                     "tokens_done = CASE WHEN ?='done' THEN tokens ELSE tokens_done END, "
+                                     "updated_at=") +
+                         kNow + " WHERE id = (SELECT run_id FROM attempts WHERE id = ?)")
+                            .c_str());
+  update.bind(1, end.state).bind(2, end.final_loss).bind(3, end.final_train_loss);
+  if (end.error.empty())
+    update.bind_null(4);
+  else
+    update.bind(4, end.error);
+  update.bind(5, end.state).bind(6, attempt_id);
+  update.run();
+  t.commit();
+}
+
+void Store::add_event(const std::string& kind, const std::string& message, const std::string& run_key) {
+  Transaction t(db_);
+  Statement s(db_, "INSERT INTO events(run_id, kind, message) VALUES ((SELECT id FROM runs WHERE run_key = ?), ?, ?)");
+  s.bind(1, run_key).bind(2, kind).bind(3, message).run();
+  t.commit();
+}
+
+std::vector<StatusRow> Store::status(const std::optional<std::string>& sweep) const {
+  const char* all = "SELECT * FROM status ORDER BY flops DESC, run_key";
+  const char* one =
+      "SELECT st.* FROM status st JOIN runs r ON r.run_key = st.run_key JOIN sweep_runs sr ON sr.run_id = r.id "
+      "JOIN sweeps s ON s.id = sr.sweep_id WHERE s.name = ? ORDER BY st.flops DESC, st.run_key";
+  Statement s(db_, sweep ? one : all);
+  if (sweep) s.bind(1, *sweep);
+  std::vector<StatusRow> out;
+  while (s.step()) out.push_back(status_row(s));
+  return out;
+}
+
+std::vector<SummaryRow> Store::summary(const std::optional<std::string>& sweep) const {
+  Statement s(db_, sweep ? "SELECT * FROM sweep_summary WHERE sweep = ? ORDER BY sweep, state"
+                         : "SELECT * FROM sweep_summary ORDER BY sweep, state");
+  if (sweep) s.bind(1, *sweep);
+  std::vector<SummaryRow> out;
+  while (s.step()) out.push_back({s.text(0), s.text(1), s.i64(2), s.f64(3), s.f64(4)});
+  return out;
+}
+
+std::vector<FinishedRun> Store::finished_runs(const std::optional<std::string>& sweep) const {
+  const char* all =
+      "SELECT run_key, n_act, tokens, experts, final_loss FROM runs WHERE state='done' AND final_loss IS NOT NULL "
+      "ORDER BY run_key";
+  const char* one =
+      "SELECT r.run_key, r.n_act, r.tokens, r.experts, r.final_loss FROM runs r JOIN sweep_runs sr ON sr.run_id = "
+      "r.id JOIN sweeps s ON s.id = sr.sweep_id WHERE s.name = ? AND r.state='done' AND r.final_loss IS NOT NULL "
+      "ORDER BY r.run_key";
+  if (sweep && !this->sweep(*sweep)) throw InputError(path_ + ": no sweep named '" + *sweep + "'");
+  Statement s(db_, sweep ? one : all);
+  if (sweep) s.bind(1, *sweep);
+  std::vector<FinishedRun> out;
+  while (s.step()) out.push_back({s.text(0), s.i64(1), s.i64(2), s.i64(3), s.f64(4)});
+  return out;
+}
+
+std::vector<std::vector<std::string>> Store::query(const std::string& sql) const {
+  Statement s(db_, sql.c_str());
+  std::vector<std::vector<std::string>> rows;
+  while (s.step()) {
+    std::vector<std::string> row;
+    for (int c = 0; c < s.columns(); ++c) row.push_back(s.text(c));
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+}  // namespace moesweep::db

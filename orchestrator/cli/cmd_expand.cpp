@@ -1,0 +1,73 @@
+// moesweep expand SWEEP.toml [--json]: the runs a sweep makes, fully resolved, with their keys.
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "format.h"
+#include "moesweep/orchestrator/sweep_spec.h"
+
+namespace moesweep::cli {
+namespace {
+
+nlohmann::json run_json(const orchestrator::ExpandedRun& r) {
+  const auto& c = r.config;
+  return {{"run_key", r.run_key},
+          {"n_act", r.n_act},
+          {"n_total", r.n_total},
+          {"tokens", c.train.tokens},
+          {"experts", c.model.experts},
+          {"d_model", c.model.d_model},
+          {"n_layers", c.model.n_layers},
+          {"n_heads", c.model.n_heads},
+          {"seq_len", c.model.seq_len},
+          {"vocab_size", c.model.vocab_size},
+          {"tokenizer", c.data.tokenizer},
+          {"lr", c.train.lr},
+          {"flops", r.flops},
+          {"tokens_per_param", static_cast<double>(c.train.tokens) / static_cast<double>(r.n_act)},
+          {"config", nlohmann::json::parse(r.canonical_json)}};
+}
+
+void print_table(const orchestrator::Sweep& sweep) {
+  std::printf("%-12s %7s %6s %5s %3s %8s %8s %8s %7s %9s %9s\n", "run_key", "d_model", "layers", "heads", "E",
+              "N_act", "N_total", "tokens", "D/N", "lr", "FLOPs");
+  double total = 0;
+  for (const auto& r : sweep.runs) {
+    const auto& c = r.config;
+    std::printf("%-12s %7lld %6lld %5lld %3lld %8s %8s %8s %7.1f %9.3g %9s\n", r.run_key.substr(0, 12).c_str(),
+                static_cast<long long>(c.model.d_model), static_cast<long long>(c.model.n_layers),
+                static_cast<long long>(c.model.n_heads), static_cast<long long>(c.model.experts),
+                human_count(static_cast<double>(r.n_act)).c_str(), human_count(static_cast<double>(r.n_total)).c_str(),
+                human_count(static_cast<double>(c.train.tokens)).c_str(),
+                static_cast<double>(c.train.tokens) / static_cast<double>(r.n_act), c.train.lr,
+                scientific(r.flops).c_str());
+    total += r.flops;
+  }
+  std::printf("sweep '%s': %zu runs, %s training FLOPs in all\n", sweep.name.c_str(), sweep.runs.size(),
+              scientific(total).c_str());
+}
+
+}  // namespace
+
+void add_expand(CLI::App& app) {
+  auto* cmd = app.add_subcommand("expand", "List the runs a sweep file makes (fully resolved, with run keys)");
+  auto path = std::make_shared<std::string>();
+  auto json = std::make_shared<bool>(false);
+  cmd->add_option("sweep", *path, "Sweep file (TOML)")->required();
+  cmd->add_flag("--json", *json, "Print {\"runs\": [...]} as JSON");
+  cmd->callback([path, json] {
+    const orchestrator::Sweep sweep = orchestrator::load_sweep_file(*path);
+    if (!*json) return print_table(sweep);
+    nlohmann::json out{{"sweep", sweep.name}, {"runs", nlohmann::json::array()}};
+    double total = 0;
+    for (const auto& r : sweep.runs) {
+      out["runs"].push_back(run_json(r));
+      total += r.flops;
+    }
+    out["total_flops"] = total;
+    std::cout << out.dump(2) << "\n";
+  });
+}
+
+}  // namespace moesweep::cli

@@ -1,0 +1,16 @@
+#pragma once
+// Each subcommand of the `moesweep` executable lives in its own cmd_*.cpp and registers itself here.
+// A command reports failure by throwing: moesweep::InputError → exit 2, ExitStatus → its code,
+// anything else → exit 1. One line on stderr in every case.
+#include <CLI/CLI.hpp>
+
+namespace moesweep::cli {
+
+struct ExitStatus {
+  int code;
+};
+
+void add_expand(CLI::App& app);
+void add_status(CLI::App& app);
+
+}  // namespace moesweep::cli

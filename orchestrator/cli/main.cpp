@@ -1,0 +1,33 @@
+#include <cstdio>
+#include <exception>
+#include <iostream>
+
+#include "commands.h"
+#include "moesweep/input_error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"moesweep: Mixture-of-Experts scaling-law sweeps (Ludziejewski et al., ICML 2025)"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Show help for every subcommand");
+  moesweep::cli::add_expand(app);
+  moesweep::cli::add_status(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "moesweep: " << e.what() << " (see moesweep --help)\n";
+    return 2;
+  } catch (const moesweep::InputError& e) {
+    std::cerr << "moesweep: " << e.what() << "\n";
+    return 2;
+  } catch (const moesweep::cli::ExitStatus& e) {
+    return e.code;
+  } catch (const std::exception& e) {
+    std::cerr << "moesweep: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

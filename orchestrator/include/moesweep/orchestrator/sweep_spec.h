@@ -1,0 +1,51 @@
+#pragma once
+// Run files and sweep files (TOML) → fully resolved runs with stable keys.
+//
+// A run file holds [data], [model] and [train]. A sweep file holds the same sections as defaults, plus
+// [sweep] (name), [resources], [filters] and [[grid]] blocks; each block is the product of its lists and
+// the sweep is the union of its blocks (a grid point listed twice is one run). Relative data paths are
+// kept as written (they resolve against the working directory when a run opens them), so a run's key is
+// the same on every machine.
+//
+// Every problem in a file throws moesweep::InputError naming the file, the line and the key.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "moesweep/trainer/run_config.h"
+
+namespace moesweep::orchestrator {
+
+struct ExpandedRun {
+  std::string run_key;         // SHA-256 (hex) of canonical_json
+  std::string canonical_json;  // the resolved config, keys sorted, no whitespace
+  trainer::RunConfig config;
+  std::int64_t n_act = 0;
+  std::int64_t n_total = 0;
+  double flops = 0;  // 6·N_act·D
+};
+
+struct Resources {
+  std::int64_t rank_memory_bytes = 0;  // one rank's memory budget; 0 = no limit
+  int max_attempts = 3;                // tries of a run that throws before it is left failed
+  double heartbeat_timeout_s = 300;    // a silent worker's run is requeued after this
+};
+
+struct Sweep {
+  std::string path;
+  std::string name;  // [sweep] name, default: the file's stem
+  Resources resources;
+  std::vector<ExpandedRun> runs;  // canonical order: by FLOPs, then N_act, E, D, key
+};
+
+trainer::RunConfig load_run_file(const std::string& path);
+Sweep load_sweep_file(const std::string& path);
+
+// The canonical serialisation a run key hashes, and the key itself.
+std::string canonical_json(const trainer::RunConfig& config);
+std::string run_key_of(const trainer::RunConfig& config);
+
+// "80GB", "24GiB", "512MB", or a plain byte count → bytes. Throws InputError on anything else.
+std::int64_t parse_bytes(const std::string& text);
+
+}  // namespace moesweep::orchestrator

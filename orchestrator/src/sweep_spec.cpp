@@ -1,0 +1,546 @@
+#include "moesweep/orchestrator/sweep_spec.h"
+
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include "moesweep/input_error.h"
+
+namespace moesweep::orchestrator {
+namespace {
+
+using trainer::RunConfig;
+
+long line_of(const toml::node& n) { return static_cast<long>(n.source().begin.line); }
+
+std::string type_name(const toml::node& n) {
+  switch (n.type()) {
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a number";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::array: return "a list";
+    case toml::node_type::table: return "a table";
+    default: return "a date/time";
+  }
+}
+
+// One value being read: where it is, so every complaint names the file, the line and the key.
+struct Value {
+  const std::string& file;
+  const toml::node& node;
+  std::string key;
+
+  [[noreturn]] void fail(const std::string& what) const { throw InputError::at(file, line_of(node), key, what); }
+
+  std::int64_t integer() const {
+    if (auto i = node.as_integer()) return i->get();
+    if (auto f = node.as_floating_point()) {  // allow 2e9 for a token count, but only whole numbers
+      double v = f->get();
+      if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 9.0e18) return static_cast<std::int64_t>(v);
+      fail("expected a whole number, got " + std::to_string(v));
+    }
+    fail("expected an integer, got " + type_name(node));
+  }
+  std::int64_t integer_at_least(std::int64_t min) const {
+    std::int64_t v = integer();
+    if (v < min) fail("must be at least " + std::to_string(min) + ", got " + std::to_string(v));
+    return v;
+  }
+  double number() const {
+    if (auto i = node.as_integer()) return static_cast<double>(i->get());
+    if (auto f = node.as_floating_point()) {
+      if (!std::isfinite(f->get())) fail("must be a finite number");
+      return f->get();
+    }
+    fail("expected a number, got " + type_name(node));
+  }
+  double positive() const {
+    double v = number();
+    if (!(v > 0)) fail("must be greater than 0, got " + format(v));
+    return v;
+  }
+  double non_negative() const {
+    double v = number();
+    if (v < 0) fail("must not be negative, got " + format(v));
+    return v;
+  }
+  double in_unit_interval() const {
+    double v = number();
+    if (v < 0 || v > 1) fail("must lie in [0, 1], got " + format(v));
+    return v;
+  }
+  std::string string() const {
+    if (auto s = node.as_string()) {
+      if (s->get().empty()) fail("must not be empty");
+      return s->get();
+    }
+    fail("expected a string, got " + type_name(node));
+  }
+  bool boolean() const {
+    if (auto b = node.as_boolean()) return b->get();
+    fail("expected true or false, got " + type_name(node));
+  }
+  static std::string format(double v) {
+    std::ostringstream o;
+    o << v;
+    return o.str();
+  }
+};
+
+// A grid point being resolved, with the line each key came from (for cross-key complaints).
+struct Point {
+  RunConfig config;
+  std::map<std::string, long> lines;
+  std::optional<double> max_tokens_per_param;
+  std::optional<double> min_non_embedding_params;
+  long line(const std::string& key) const {
+    auto it = lines.find(key);
+    return it == lines.end() ? 0 : it->second;
+  }
+};
+
+struct Field {
+  const char* section;
+  const char* key;
+  std::function<void(Point&, const Value&)> apply;
+};
+
+const std::vector<Field>& run_fields() {
+  static const std::vector<Field> fields = {
+      {"data", "train", [](Point& p, const Value& v) { p.config.data.train = v.string(); }},
+      {"data", "val", [](Point& p, const Value& v) { p.config.data.val = v.string(); }},
+      {"data", "tokenizer",
+       [](Point& p, const Value& v) {
+         std::string name = v.string();
+         if (trainer::vocab_size_of(name) == 0) v.fail("unknown tokenizer '" + name + "' (known: byte, gpt2)");
+         p.config.data.tokenizer = name;
+         p.config.model.vocab_size = trainer::vocab_size_of(name);
+       }},
+      {"model", "d_model", [](Point& p, const Value& v) { p.config.model.d_model = v.integer_at_least(1); }},
+      {"model", "n_layers", [](Point& p, const Value& v) { p.config.model.n_layers = v.integer_at_least(1); }},
+      {"model", "n_heads", [](Point& p, const Value& v) { p.config.model.n_heads = v.integer_at_least(1); }},
+      {"model", "experts", [](Point& p, const Value& v) { p.config.model.experts = v.integer_at_least(1); }},
+      {"model", "seq_len", [](Point& p, const Value& v) { p.config.model.seq_len = v.integer_at_least(2); }},
+      {"model", "capacity_factor", [](Point& p, const Value& v) { p.config.model.capacity_factor = v.positive(); }},
+      {"model", "eval_capacity_factor",
+       [](Point& p, const Value& v) { p.config.model.eval_capacity_factor = v.positive(); }},
+      {"train", "tokens", [](Point& p, const Value& v) { p.config.train.tokens = v.integer_at_least(1); }},
+      {"train", "batch_tokens", [](Point& p, const Value& v) { p.config.train.batch_tokens = v.integer_at_least(1); }},
+      {"train", "lr",
+       [](Point& p, const Value& v) {
+         if (auto s = v.node.as_string()) {
+           if (s->get() != "auto") v.fail("expected a number or \"auto\", got \"" + s->get() + "\"");
+           p.config.train.lr_auto = true;
+         } else {
+           p.config.train.lr = v.positive();
+           p.config.train.lr_auto = false;
+         }
+       }},
+      {"train", "warmup_tokens", [](Point& p, const Value& v) { p.config.train.warmup_tokens = v.integer_at_least(0); }},
+      {"train", "decay_fraction", [](Point& p, const Value& v) { p.config.train.decay_fraction = v.in_unit_interval(); }},
+      {"train", "weight_decay", [](Point& p, const Value& v) { p.config.train.weight_decay = v.non_negative(); }},
+      {"train", "grad_clip", [](Point& p, const Value& v) { p.config.train.grad_clip = v.positive(); }},
+      {"train", "seed",
+       [](Point& p, const Value& v) { p.config.train.seed = static_cast<std::uint64_t>(v.integer_at_least(0)); }},
+      {"train", "eval_tokens", [](Point& p, const Value& v) { p.config.train.eval_tokens = v.integer_at_least(1); }},
+      {"train", "checkpoint_every_tokens",
+       [](Point& p, const Value& v) { p.config.train.checkpoint_every_tokens = v.integer_at_least(1); }},
+      {"train", "batch_ramp", [](Point& p, const Value& v) { p.config.train.batch_ramp = v.boolean(); }},
+      {"train", "z_loss_weight", [](Point& p, const Value& v) { p.config.train.z_loss_weight = v.non_negative(); }},
+      {"train", "balance_loss_weight",
+       [](Point& p, const Value& v) { p.config.train.balance_loss_weight = v.non_negative(); }},
+  };
+  return fields;
+}
+
+const std::vector<Field>& filter_fields() {
+  static const std::vector<Field> fields = {
+      {"filters", "max_tokens_per_param", [](Point& p, const Value& v) { p.max_tokens_per_param = v.positive(); }},
+      {"filters", "min_non_embedding_params",
+       [](Point& p, const Value& v) { p.min_non_embedding_params = v.non_negative(); }},
+  };
+  return fields;
+}
+
+const Field* find_field(const std::vector<Field>& fields, std::string_view section, std::string_view key) {
+  for (const Field& f : fields)
+    if (f.key == key && (section.empty() || f.section == section)) return &f;
+  return nullptr;
+}
+
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      std::size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// "unknown key 'expert'; did you mean 'experts'?" — the closest known key, if any is close.
+std::string unknown_key_message(std::string_view key, const std::vector<std::string>& known,
+                                const std::string& elsewhere = "") {
+  std::string message = "unknown key '" + std::string(key) + "'";
+  if (!elsewhere.empty()) return message + "; it belongs in " + elsewhere;
+  std::string best;
+  std::size_t best_distance = std::max<std::size_t>(2, key.size() / 3) + 1;
+  for (const std::string& k : known) {
+    std::size_t d = edit_distance(key, k);
+    if (d < best_distance) best_distance = d, best = k;
+  }
+  if (!best.empty()) return message + "; did you mean '" + best + "'?";
+  std::string list;
+  for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
+  return message + " (known: " + list + ")";
+}
+
+std::vector<std::string> keys_of(const std::vector<Field>& fields, std::string_view section) {
+  std::vector<std::string> keys;
+  for (const Field& f : fields)
+    if (section.empty() || f.section == section) keys.emplace_back(f.key);
+  return keys;
+}
+
+const toml::table& as_table(const std::string& file, const toml::node& node, const std::string& key) {
+  if (auto t = node.as_table()) return *t;
+  throw InputError::at(file, line_of(node), key, "expected a table [" + key + "], got " + type_name(node));
+}
+
+void apply_section(const std::string& file, const toml::table& table, const std::string& section,
+                   const std::vector<Field>& fields, Point& point) {
+  for (auto&& [k, node] : table) {
+    std::string key(k.str());
+    if (const Field* f = find_field(fields, section, key)) {
+      f->apply(point, Value{file, node, section + "." + key});
+      point.lines[key] = line_of(node);
+      continue;
+    }
+    std::string elsewhere;
+    if (const Field* other = find_field(run_fields(), "", key)) elsewhere = "[" + std::string(other->section) + "]";
+    throw InputError::at(file, line_of(node), section + "." + key,
+                         unknown_key_message(key, keys_of(fields, section), elsewhere));
+  }
+}
+
+toml::table parse(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) throw InputError(path + ": no such file");
+  try {
+    return toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    throw InputError::at(path, static_cast<long>(e.source().begin.line), "",
+                         "malformed TOML: " + std::string(e.description()));
+  }
+}
+
+// Cross-key checks and derived values, once a point is fully assembled.
+void finish_point(const std::string& file, Point& p) {
+  RunConfig& c = p.config;
+  if (c.data.train.empty())
+    throw InputError::at(file, 0, "data.train", "missing: the token shard to train on (moesweep prepare-data writes it)");
+  if (c.data.val.empty()) throw InputError::at(file, 0, "data.val", "missing: the held-out token shard for eval");
+  if (p.lines.count("tokens") == 0) throw InputError::at(file, 0, "train.tokens", "missing: the number of training tokens D");
+  const auto& m = c.model;
+  if (m.d_model % m.n_heads != 0)
+    throw InputError::at(file, p.line("n_heads"), "n_heads",
+                         "d_model " + std::to_string(m.d_model) + " is not divisible by n_heads " +
+                             std::to_string(m.n_heads));
+  if ((m.d_model / m.n_heads) % 2 != 0)
+    throw InputError::at(file, p.line("n_heads"), "n_heads",
+                         "the head dimension d_model/n_heads = " + std::to_string(m.d_model / m.n_heads) +
+                             " must be even (RoPE rotates pairs)");
+  auto& t = c.train;
+  if (t.batch_tokens % m.seq_len != 0)
+    throw InputError::at(file, p.line("batch_tokens"), "batch_tokens",
+                         std::to_string(t.batch_tokens) + " is not a multiple of seq_len " + std::to_string(m.seq_len));
+  if (t.tokens < t.batch_tokens)
+    throw InputError::at(file, p.line("tokens"), "tokens",
+                         std::to_string(t.tokens) + " is less than one batch (batch_tokens " +
+                             std::to_string(t.batch_tokens) + ")");
+  const double constant_phase = (1.0 - t.decay_fraction) * static_cast<double>(t.tokens);
+  if (static_cast<double>(t.warmup_tokens) > constant_phase)
+    throw InputError::at(file, p.line("warmup_tokens"), "warmup_tokens",
+                         std::to_string(t.warmup_tokens) + " runs past the start of the decay at " +
+                             std::to_string(static_cast<std::int64_t>(constant_phase)) + " tokens");
+  if (t.lr_auto) t.lr = trainer::auto_learning_rate(trainer::active_params(m), m.experts);
+  if (!(t.lr > 0)) throw InputError::at(file, 0, "train.lr", "missing: a learning rate or \"auto\"");
+}
+
+bool passes_filters(const Point& p) {
+  const auto n_act = static_cast<double>(trainer::active_params(p.config.model));
+  if (p.max_tokens_per_param && static_cast<double>(p.config.train.tokens) / n_act > *p.max_tokens_per_param)
+    return false;
+  if (p.min_non_embedding_params &&
+      static_cast<double>(trainer::non_embedding_active_params(p.config.model)) < *p.min_non_embedding_params)
+    return false;
+  return true;
+}
+
+ExpandedRun expanded(const RunConfig& config) {
+  ExpandedRun run;
+  run.config = config;
+  run.canonical_json = canonical_json(config);
+  run.run_key = run_key_of(config);
+  run.n_act = trainer::active_params(config.model);
+  run.n_total = trainer::total_params(config.model);
+  run.flops = trainer::training_flops(config);
+  return run;
+}
+
+// Reads [data], [model], [train] (and, for a sweep, [filters]) into the base point; rejects other keys.
+Point base_point(const std::string& file, const toml::table& root, const std::set<std::string>& allowed) {
+  if (root.empty()) throw InputError(file + ": empty file (expected [data], [model] and [train])");
+  Point base;
+  base.config.train.lr_auto = true;  // the paper's rule unless the file gives a learning rate
+  for (auto&& [k, node] : root) {
+    std::string key(k.str());
+    if (!allowed.count(key)) {
+      std::vector<std::string> known(allowed.begin(), allowed.end());
+      std::string hint = (key == "grid" || key == "sweep" || key == "filters" || key == "resources")
+                             ? "only sweep files have [" + key + "]; use moesweep expand/run for a sweep"
+                             : unknown_key_message(key, known);
+      throw InputError::at(file, line_of(node), key, hint);
+    }
+    if (key == "data" || key == "model" || key == "train")
+      apply_section(file, as_table(file, node, key), key, run_fields(), base);
+    else if (key == "filters")
+      apply_section(file, as_table(file, node, key), key, filter_fields(), base);
+  }
+  return base;
+}
+
+// One grid axis: a key and the values it takes (a scalar is a one-value list).
+struct Axis {
+  std::string key;
+  std::vector<const toml::node*> values;
+};
+
+std::vector<Axis> grid_axes(const std::string& file, const toml::table& block) {
+  std::vector<Axis> axes;
+  bool has_shape = false, has_shape_key = false;
+  for (auto&& [k, node] : block) {
+    std::string key(k.str());
+    Axis axis{key, {}};
+    if (auto list = node.as_array()) {
+      if (list->empty()) throw InputError::at(file, line_of(node), "grid." + key, "empty list: the grid has no points");
+      for (const toml::node& v : *list) axis.values.push_back(&v);
+    } else {
+      axis.values.push_back(&node);
+    }
+    if (key == "shape") {
+      has_shape = true;
+      for (const toml::node* v : axis.values) {
+        const toml::table& shape = as_table(file, *v, "grid.shape");
+        for (const char* needed : {"d_model", "n_layers", "n_heads"})
+          if (!shape.contains(needed))
+            throw InputError::at(file, line_of(*v), std::string("grid.shape.") + needed,
+                                 "missing from a shape (a shape is {d_model, n_layers, n_heads})");
+        for (auto&& [sk, sv] : shape)
+          if (sk != "d_model" && sk != "n_layers" && sk != "n_heads")
+            throw InputError::at(file, line_of(sv), "grid.shape." + std::string(sk.str()),
+                                 unknown_key_message(sk.str(), {"d_model", "n_layers", "n_heads"}));
+      }
+    } else if (const Field* f = find_field(run_fields(), "", key); f && std::string(f->section) != "data") {
+      has_shape_key = has_shape_key || key == "d_model" || key == "n_layers" || key == "n_heads";
+    } else if (!find_field(filter_fields(), "", key)) {
+      std::vector<std::string> known = keys_of(filter_fields(), "");
+      known.push_back("shape");
+      for (const std::string& m : keys_of(run_fields(), "model")) known.push_back(m);
+      for (const std::string& t : keys_of(run_fields(), "train")) known.push_back(t);
+      throw InputError::at(file, line_of(node), "grid." + key, unknown_key_message(key, known));
+    }
+    if (find_field(filter_fields(), "", key) && axis.values.size() != 1)
+      throw InputError::at(file, line_of(node), "grid." + key, "a filter takes one value, not a list");
+    axes.push_back(std::move(axis));
+  }
+  if (has_shape && has_shape_key)
+    throw InputError::at(file, line_of(block), "grid",
+                         "give either shape or d_model/n_layers/n_heads in one block, not both");
+  return axes;
+}
+
+void apply_grid_value(const std::string& file, Point& p, const std::string& key, const toml::node& node) {
+  if (key == "shape") {
+    const toml::table& shape = *node.as_table();
+    for (auto&& [sk, sv] : shape) {
+      std::string k(sk.str());
+      find_field(run_fields(), "model", k)->apply(p, Value{file, sv, "grid.shape." + k});
+      p.lines[k] = line_of(sv);
+    }
+    return;
+  }
+  const Field* f = find_field(run_fields(), "", key);
+  if (!f) f = find_field(filter_fields(), "", key);
+  f->apply(p, Value{file, node, "grid." + key});
+  p.lines[key] = line_of(node);
+}
+
+}  // namespace
+
+std::string canonical_json(const RunConfig& c) {
+  // nlohmann::json objects keep keys sorted, and numbers print in their shortest round-trip form: the
+  // same text on every machine.
+  nlohmann::json j;
+  j["data"] = {{"train", c.data.train}, {"val", c.data.val}, {"tokenizer", c.data.tokenizer}};
+  j["model"] = {{"d_model", c.model.d_model},
+                {"n_layers", c.model.n_layers},
+                {"n_heads", c.model.n_heads},
+                {"experts", c.model.experts},
+                {"seq_len", c.model.seq_len},
+                {"vocab_size", c.model.vocab_size},
+                {"capacity_factor", c.model.capacity_factor},
+                {"eval_capacity_factor", c.model.eval_capacity_factor}};
+  j["train"] = {{"tokens", c.train.tokens},
+                {"batch_tokens", c.train.batch_tokens},
+                {"lr", c.train.lr},
+                {"warmup_tokens", c.train.warmup_tokens},
+                {"decay_fraction", c.train.decay_fraction},
+                {"weight_decay", c.train.weight_decay},
+                {"grad_clip", c.train.grad_clip},
+                {"seed", c.train.seed},
+                {"eval_tokens", c.train.eval_tokens},
+                {"checkpoint_every_tokens", c.train.checkpoint_every_tokens},
+                {"batch_ramp", c.train.batch_ramp},
+                {"z_loss_weight", c.train.z_loss_weight},
+                {"balance_loss_weight", c.train.balance_loss_weight}};
+  return j.dump();
+}
+
+std::string run_key_of(const RunConfig& config) {
+  const std::string text = canonical_json(config);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  if (EVP_Digest(text.data(), text.size(), digest, &length, EVP_sha256(), nullptr) != 1)
+    throw std::runtime_error("SHA-256 failed");
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (unsigned int i = 0; i < length; ++i) {
+    hex += kHex[digest[i] >> 4];
+    hex += kHex[digest[i] & 15];
+  }
+  return hex;
+}
+
+RunConfig load_run_file(const std::string& path) {
+  toml::table root = parse(path);
+  Point point = base_point(path, root, {"data", "model", "train"});
+  finish_point(path, point);
+  return point.config;
+}
+
+Sweep load_sweep_file(const std::string& path) {
+  toml::table root = parse(path);
+  Point base = base_point(path, root, {"data", "model", "train", "sweep", "resources", "filters", "grid"});
+
+  Sweep sweep;
+  sweep.path = path;
+  sweep.name = std::filesystem::path(path).stem().string();
+  if (const toml::node* node = root.get("sweep")) {
+    for (auto&& [k, v] : as_table(path, *node, "sweep")) {
+      Value value{path, v, "sweep." + std::string(k.str())};
+      if (k == "name")
+        sweep.name = value.string();
+      else if (k != "description")
+        value.fail(unknown_key_message(k.str(), {"name", "description"}));
+    }
+  }
+  if (const toml::node* node = root.get("resources")) {
+    for (auto&& [k, v] : as_table(path, *node, "resources")) {
+      Value value{path, v, "resources." + std::string(k.str())};
+      if (k == "rank_memory") {
+        if (v.is_string()) {
+          try {
+            sweep.resources.rank_memory_bytes = parse_bytes(value.string());
+          } catch (const InputError& e) {
+            value.fail(e.what());
+          }
+        } else {
+          sweep.resources.rank_memory_bytes = value.integer_at_least(1);
+        }
+      } else if (k == "max_attempts") {
+        sweep.resources.max_attempts = static_cast<int>(value.integer_at_least(1));
+      } else if (k == "heartbeat_timeout_s") {
+        sweep.resources.heartbeat_timeout_s = value.positive();
+      } else {
+        value.fail(unknown_key_message(k.str(), {"rank_memory", "max_attempts", "heartbeat_timeout_s"}));
+      }
+    }
+  }
+
+  std::vector<ExpandedRun> runs;
+  const toml::node* grid = root.get("grid");
+  if (!grid) {
+    finish_point(path, base);
+    if (passes_filters(base)) runs.push_back(expanded(base.config));
+  } else {
+    const toml::array* blocks = grid->as_array();
+    if (!blocks || !blocks->is_array_of_tables())
+      throw InputError::at(path, line_of(*grid), "grid", "expected [[grid]] blocks (an array of tables)");
+    if (blocks->empty()) throw InputError::at(path, line_of(*grid), "grid", "empty list: the sweep has no grid blocks");
+    for (const toml::node& block_node : *blocks) {
+      const toml::table& block = *block_node.as_table();
+      std::vector<Axis> axes = grid_axes(path, block);
+      // Odometer over the product of the axes.
+      std::vector<std::size_t> index(axes.size(), 0);
+      while (true) {
+        Point point = base;
+        for (std::size_t a = 0; a < axes.size(); ++a) apply_grid_value(path, point, axes[a].key, *axes[a].values[index[a]]);
+        finish_point(path, point);
+        if (passes_filters(point)) runs.push_back(expanded(point.config));
+        std::size_t a = 0;
+        while (a < axes.size() && ++index[a] == axes[a].values.size()) index[a++] = 0;
+        if (a == axes.size()) break;
+      }
+    }
+  }
+
+  std::sort(runs.begin(), runs.end(), [](const ExpandedRun& x, const ExpandedRun& y) {
+    return std::tie(x.flops, x.n_act, x.config.model.experts, x.config.train.tokens, x.run_key) <
+           std::tie(y.flops, y.n_act, y.config.model.experts, y.config.train.tokens, y.run_key);
+  });
+  runs.erase(std::unique(runs.begin(), runs.end(),
+                         [](const ExpandedRun& x, const ExpandedRun& y) { return x.run_key == y.run_key; }),
+             runs.end());
+  if (runs.empty()) throw InputError(path + ": the sweep expands to no runs (every grid point was filtered out)");
+  sweep.runs = std::move(runs);
+  return sweep;
+}
+
+std::int64_t parse_bytes(const std::string& text) {
+  std::size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    throw InputError("'" + text + "' is not a size (expected e.g. 80GB, 24GiB or a byte count)");
+  }
+  std::string unit = text.substr(used);
+  unit.erase(0, unit.find_first_not_of(' '));
+  static const std::map<std::string, double> kUnits = {
+      {"", 1},      {"B", 1},          {"KB", 1e3},       {"MB", 1e6},           {"GB", 1e9},
+      {"TB", 1e12}, {"KiB", 1024.0},   {"MiB", 1048576.0}, {"GiB", 1073741824.0}, {"TiB", 1099511627776.0},
+  };
+  auto it = kUnits.find(unit);
+  if (it == kUnits.end() || !(value > 0))
+    throw InputError("'" + text + "' is not a size (expected e.g. 80GB, 24GiB or a byte count)");
+  return static_cast<std::int64_t>(value * it->second);
+}
+
+}  // namespace moesweep::orchestrator

@@ -1,0 +1,210 @@
+// The store: idempotent registration, attempts and heartbeats, the monitoring views, migrations, and
+// refusing files that are not ours.
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "moesweep/db/store.h"
+#include "moesweep/input_error.h"
+
+namespace fs = std::filesystem;
+using moesweep::db::AttemptEnd;
+using moesweep::db::Heartbeat;
+using moesweep::db::RunSpec;
+using moesweep::db::Store;
+
+namespace {
+
+class StoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("moesweep_store_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string db_path() const { return (dir_ / "sweep.db").string(); }
+
+  static RunSpec run(const std::string& key, std::int64_t n_act, std::int64_t tokens, std::int64_t experts = 1) {
+    RunSpec r;
+    r.run_key = key;
+    r.config_json = "{\"key\":\"" + key + "\"}";
+    r.n_act = n_act;
+    r.n_total = n_act * experts;
+    r.tokens = tokens;
+    r.experts = experts;
+    r.d_model = 64;
+    r.n_layers = 2;
+    r.n_heads = 4;
+    r.lr = 1e-3;
+    r.flops = 6.0 * static_cast<double>(n_act) * static_cast<double>(tokens);
+    return r;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(StoreTest, RegisteringTheSameSweepTwiceAddsNothing) {
+  Store store = Store::open(db_path());
+  std::vector<RunSpec> runs = {run("a", 1000, 10000), run("b", 2000, 10000), run("c", 4000, 20000, 4)};
+  EXPECT_EQ(store.register_sweep("s", "sweeps/s.toml", runs), 3);
+  EXPECT_EQ(store.register_sweep("s", "sweeps/s.toml", runs), 0);
+  EXPECT_EQ(store.query("SELECT COUNT(*) FROM runs")[0][0], "3");
+  EXPECT_EQ(store.query("SELECT COUNT(*) FROM sweep_runs")[0][0], "3");
+  EXPECT_EQ(store.sweeps().size(), 1u);
+}
+
+TEST_F(StoreTest, ARunSharedByTwoSweepsIsOneRowInBoth) {
+  Store store = Store::open(db_path());
+  store.register_sweep("first", "a.toml", {run("a", 1000, 10000), run("b", 2000, 10000)});
+  EXPECT_EQ(store.register_sweep("second", "b.toml", {run("b", 2000, 10000), run("c", 3000, 10000)}), 1);
+  EXPECT_EQ(store.status("first").size(), 2u);
+  EXPECT_EQ(store.status("second").size(), 2u);
+  EXPECT_EQ(store.status().size(), 3u);
+}
+
+TEST_F(StoreTest, WalModeAndSchemaVersion) {
+  Store store = Store::open(db_path());
+  EXPECT_EQ(store.query("PRAGMA journal_mode")[0][0], "wal");
+  EXPECT_EQ(store.schema_version(), moesweep::db::latest_schema_version());
+}
+
+TEST_F(StoreTest, StatusViewFollowsAnAttemptFromStartToDone) {
+  Store store = Store::open(db_path());
+  store.register_sweep("s", "s.toml", {run("a", 1000, 10000), run("b", 2000, 10000)});
+  const auto attempt = store.start_attempt("a", 1, 1, "node1");
+  store.record_heartbeats({Heartbeat{attempt, 10, 2500, 3.5, std::nullopt, 1234.0, 1e-3},
+                           Heartbeat{attempt, 20, 5000, 3.2, std::nullopt, 1300.0, 1e-3}});
+
+  auto rows = store.status("s");
+  const auto& a = *std::find_if(rows.begin(), rows.end(), [](auto& r) { return r.run_key == "a"; });
+  EXPECT_EQ(a.state, "running");
+  EXPECT_DOUBLE_EQ(a.progress, 0.5);
+  EXPECT_EQ(a.step, 20);
+  EXPECT_DOUBLE_EQ(*a.last_loss, 3.2);
+  EXPECT_DOUBLE_EQ(*a.tokens_per_s, 1300.0);
+  EXPECT_EQ(*a.rank, 1);
+  EXPECT_EQ(a.attempts, 1);
+
+  // Summary by compute: half of run a is done, none of b.
+  for (const auto& s : store.summary("s")) {
+    if (s.state == "running") {
+      EXPECT_DOUBLE_EQ(s.flops_done, 6.0 * 1000 * 5000);
+    }
+    if (s.state == "pending") {
+      EXPECT_DOUBLE_EQ(s.flops_done, 0.0);
+    }
+  }
+
+  store.finish_attempt(attempt, AttemptEnd{"done", "completed", 2.9, 3.1, ""});
+  rows = store.status("s");
+  const auto& done = *std::find_if(rows.begin(), rows.end(), [](auto& r) { return r.run_key == "a"; });
+  EXPECT_EQ(done.state, "done");
+  EXPECT_DOUBLE_EQ(done.progress, 1.0);
+  EXPECT_DOUBLE_EQ(*done.final_loss, 2.9);
+
+  auto finished = store.finished_runs("s");
+  ASSERT_EQ(finished.size(), 1u);
+  EXPECT_EQ(finished[0].run_key, "a");
+  EXPECT_DOUBLE_EQ(finished[0].final_loss, 2.9);
+  EXPECT_EQ(store.query("SELECT COUNT(*) FROM metrics WHERE attempt_id = " + std::to_string(attempt))[0][0], "2");
+}
+
+TEST_F(StoreTest, SweepSummaryCountsComputeByState) {
+  Store store = Store::open(db_path());
+  store.register_sweep("s", "s.toml", {run("a", 1000, 10000), run("b", 2000, 10000), run("c", 3000, 10000)});
+  const auto attempt = store.start_attempt("a", 1, 1, "node1");
+  store.finish_attempt(attempt, AttemptEnd{"done", "completed", 3.0, 3.0, ""});
+  const auto failed = store.start_attempt("b", 2, 1, "node1");
+  store.finish_attempt(failed, AttemptEnd{"failed", "exception", std::nullopt, std::nullopt, "boom"});
+
+  std::map<std::string, moesweep::db::SummaryRow> by_state;
+  for (const auto& s : store.summary("s")) by_state[s.state] = s;
+  ASSERT_EQ(by_state.size(), 3u);
+  EXPECT_EQ(by_state["done"].runs, 1);
+  EXPECT_DOUBLE_EQ(by_state["done"].flops_done, 6.0 * 1000 * 10000);
+  EXPECT_DOUBLE_EQ(by_state["failed"].flops_total, 6.0 * 2000 * 10000);
+  EXPECT_DOUBLE_EQ(by_state["pending"].flops_done, 0.0);
+  // The same view answers plain SQL, as users query it with sqlite3.
+  EXPECT_EQ(store.query("SELECT runs FROM sweep_summary WHERE state='done'")[0][0], "1");
+  EXPECT_EQ(store.query("SELECT error FROM status WHERE run_key='b'")[0][0], "boom");
+}
+
+TEST_F(StoreTest, ADoneRunCannotStartAgainAndAnAttemptEndsOnce) {
+  Store store = Store::open(db_path());
+  store.register_sweep("s", "s.toml", {run("a", 1000, 10000)});
+  const auto attempt = store.start_attempt("a", 1, 1, "node1");
+  store.finish_attempt(attempt, AttemptEnd{"done", "completed", 3.0, 3.0, ""});
+  EXPECT_THROW(store.start_attempt("a", 1, 1, "node1"), std::runtime_error);
+  EXPECT_THROW(store.finish_attempt(attempt, AttemptEnd{"failed", "again", std::nullopt, std::nullopt, "x"}),
+               std::runtime_error);
+  EXPECT_EQ(store.query("SELECT state, attempts FROM runs")[0], (std::vector<std::string>{"done", "1"}));
+}
+
+TEST_F(StoreTest, AFailedWriteLeavesNoHalfWrittenRows) {
+  Store store = Store::open(db_path());
+  store.register_sweep("s", "s.toml", {run("a", 1000, 10000)});
+  const auto attempt = store.start_attempt("a", 1, 1, "node1");
+  // The second heartbeat names an attempt that does not exist: the whole batch is rolled back.
+  EXPECT_THROW(store.record_heartbeats({Heartbeat{attempt, 1, 100, 3.0, std::nullopt, 10, 1e-3},
+                                        Heartbeat{attempt + 99, 2, 200, 3.0, std::nullopt, 10, 1e-3}}),
+               std::runtime_error);
+  EXPECT_EQ(store.query("SELECT COUNT(*) FROM metrics")[0][0], "0");
+  EXPECT_EQ(store.query("SELECT step FROM runs")[0][0], "0");
+}
+
+TEST_F(StoreTest, MigratesAnOlderSchemaForwardKeepingItsRows) {
+  {
+    Store old = Store::open_at_version(db_path(), 1);
+    EXPECT_EQ(old.schema_version(), 1);
+    // A version-1 database has no live-progress columns and no views yet.
+    EXPECT_TRUE(old.query("SELECT name FROM sqlite_master WHERE name='status'").empty());
+    old.query("INSERT INTO sweeps(name, spec_path) VALUES ('s', 's.toml')");
+    old.query(
+        "INSERT INTO runs(run_key, config_json, n_act, n_total, tokens, experts, d_model, n_layers, n_heads, lr, "
+        "flops, state, final_loss) VALUES ('old', '{}', 1000, 1000, 10000, 1, 64, 2, 4, 0.001, 6e7, 'done', 2.5)");
+    old.query("INSERT INTO sweep_runs VALUES (1, 1)");
+  }
+  Store store = Store::open(db_path());
+  EXPECT_EQ(store.schema_version(), moesweep::db::latest_schema_version());
+  auto rows = store.status("s");
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].state, "done");
+  EXPECT_DOUBLE_EQ(rows[0].progress, 1.0);
+  EXPECT_DOUBLE_EQ(*rows[0].final_loss, 2.5);
+  EXPECT_DOUBLE_EQ(store.summary("s")[0].flops_done, 6e7);  // tokens_done back-filled for done runs
+}
+
+TEST_F(StoreTest, ReadOnlyOpenRefusesMissingOldAndForeignFiles) {
+  EXPECT_THROW(Store::open(db_path(), Store::Mode::ReadOnly), moesweep::InputError);
+  EXPECT_FALSE(fs::exists(db_path()));  // a read-only open never creates the file
+
+  { Store::open_at_version(db_path(), 1); }
+  EXPECT_THROW(Store::open(db_path(), Store::Mode::ReadOnly), moesweep::InputError);
+
+  const std::string text = (dir_ / "notes.txt").string();
+  std::ofstream(text) << "this is not a database, just some text that is long enough to have a header\n";
+  EXPECT_THROW(Store::open(text), moesweep::InputError);
+
+  const std::string foreign = (dir_ / "foreign.db").string();
+  sqlite3* raw = nullptr;
+  sqlite3_open(foreign.c_str(), &raw);
+  sqlite3_exec(raw, "CREATE TABLE t(x)", nullptr, nullptr, nullptr);
+  sqlite3_close(raw);
+  EXPECT_THROW(Store::open(foreign), moesweep::InputError);
+}
+
+TEST_F(StoreTest, ReadersSeeCommittedStateWhileTheWriterHoldsTheFile) {
+  Store writer = Store::open(db_path());
+  writer.register_sweep("s", "s.toml", {run("a", 1000, 10000)});
+  Store reader = Store::open(db_path(), Store::Mode::ReadOnly);
+  const auto attempt = writer.start_attempt("a", 1, 1, "node1");
+  EXPECT_EQ(reader.status()[0].state, "running");
+  writer.finish_attempt(attempt, AttemptEnd{"done", "completed", 3.0, 3.0, ""});
+  EXPECT_EQ(reader.status()[0].state, "done");
+}
+
+}  // namespace

@@ -1,0 +1,321 @@
+// Sweep and run files: expansion, filters, parameter counts, stable keys, and every class of bad input.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "moesweep/input_error.h"
+#include "moesweep/orchestrator/sweep_spec.h"
+
+namespace fs = std::filesystem;
+using moesweep::InputError;
+using moesweep::orchestrator::load_run_file;
+using moesweep::orchestrator::load_sweep_file;
+using moesweep::orchestrator::Sweep;
+
+namespace {
+
+const fs::path kSource = MOESWEEP_SOURCE_DIR;
+
+struct CommandResult {
+  int status;
+  std::string out;
+  std::string err;
+};
+
+CommandResult run_command(const std::string& args) {
+  const fs::path err = fs::temp_directory_path() / ("moesweep_stderr_" + std::to_string(::getpid()));
+  const std::string command = std::string(MOESWEEP_BINARY) + " " + args + " 2>" + err.string();
+  FILE* pipe = ::popen(command.c_str(), "r");
+  std::string out;
+  char buffer[4096];
+  while (std::size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) out.append(buffer, n);
+  const int status = ::pclose(pipe);
+  std::ifstream in(err);
+  std::stringstream e;
+  e << in.rdbuf();
+  fs::remove(err);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, e.str()};
+}
+
+class TempFiles : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("moesweep_spec_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string write(const std::string& name, const std::string& text) {
+    const fs::path p = dir_ / name;
+    std::ofstream(p) << text;
+    return p.string();
+  }
+  fs::path dir_;
+};
+
+constexpr const char* kData = "[data]\ntrain = \"t.bin\"\nval = \"v.bin\"\n";
+
+std::vector<std::string> keys(const Sweep& s) {
+  std::vector<std::string> k;
+  for (const auto& r : s.runs) k.push_back(r.run_key);
+  return k;
+}
+
+// The paper's own count: 13·d²·L + 2·d·V, computed here independently of the library.
+double paper_active_params(double d, double layers, double vocab) { return 13 * d * d * layers + 2 * d * vocab; }
+
+TEST(PaperGrid, ExpandsToTheBlocksItDocumentsWithinTheIssuesRange) {
+  const Sweep paper = load_sweep_file((kSource / "sweeps/paper.toml").string());
+  EXPECT_GE(paper.runs.size(), 260u);
+  EXPECT_LE(paper.runs.size(), 310u);
+
+  const std::vector<double> budgets = {0.5e9, 1e9, 2e9, 4e9, 8e9, 16e9, 32e9, 48e9, 64e9, 80e9, 96e9, 112e9, 128e9};
+  struct Shape {
+    int d, layers, heads, max_experts;
+  };
+  const std::vector<Shape> shapes = {{512, 8, 8, 32},    {640, 10, 10, 32},  {768, 12, 12, 32}, {1024, 16, 16, 32},
+                                     {1280, 16, 10, 32}, {1408, 21, 11, 16}, {1664, 26, 26, 16}, {2304, 36, 36, 1}};
+  std::set<std::tuple<std::int64_t, std::int64_t, std::int64_t>> expected;  // (d_model, E, D)
+  for (const Shape& s : shapes)
+    for (int e = 1; e <= s.max_experts; e *= 2)
+      for (double d : budgets)
+        if (d / paper_active_params(s.d, s.layers, 50257) <= 100) expected.insert({s.d, e, std::llround(d)});
+
+  std::set<std::tuple<std::int64_t, std::int64_t, std::int64_t>> got;
+  for (const auto& r : paper.runs) {
+    got.insert({r.config.model.d_model, r.config.model.experts, r.config.train.tokens});
+    EXPECT_EQ(r.config.data.tokenizer, "gpt2");
+    EXPECT_EQ(r.config.model.seq_len, 512);
+    EXPECT_EQ(r.config.train.batch_tokens, 512 * 512);
+    EXPECT_LE(static_cast<double>(r.config.train.tokens) / static_cast<double>(r.n_act), 100.0);
+  }
+  EXPECT_EQ(got, expected);
+  EXPECT_EQ(got.size(), paper.runs.size());  // no duplicates
+}
+
+TEST(ParameterCounts, FollowThePapersFormulaWithTheGpt2Vocabulary) {
+  const Sweep paper = load_sweep_file((kSource / "sweeps/paper.toml").string());
+  std::map<std::pair<std::int64_t, std::int64_t>, std::pair<std::int64_t, std::int64_t>> counts;
+  for (const auto& r : paper.runs) counts[{r.config.model.d_model, r.config.model.experts}] = {r.n_act, r.n_total};
+
+  auto active = [&](std::int64_t d, std::int64_t e) { return counts.at(std::make_pair(d, e)).first; };
+  auto total = [&](std::int64_t d, std::int64_t e) { return counts.at(std::make_pair(d, e)).second; };
+
+  // 512/8/8 dense: 78.7M active (the issue's figure); the DESIGN's two check shapes.
+  EXPECT_EQ(active(512, 1), 78'726'144);
+  EXPECT_NEAR(static_cast<double>(active(512, 1)) / 1e6, 78.7, 0.05);
+  EXPECT_EQ(active(1664, 1), 1'103'142'144);
+  EXPECT_EQ(active(2304, 1), 2'715'922'944);
+  // Total parameters grow with E only in the feed-forward: (4 + 9E)·d²·L + 2·d·V.
+  EXPECT_EQ(active(512, 8), active(512, 1));
+  EXPECT_EQ(total(512, 8), (4 + 9 * 8) * 512LL * 512 * 8 + 2 * 512LL * 50257);
+  EXPECT_EQ(total(512, 1), active(512, 1));
+}
+
+TEST(AutoLearningRate, FollowsTheRuleInTheDesign) {
+  const Sweep paper = load_sweep_file((kSource / "sweeps/paper.toml").string());
+  for (const auto& r : paper.runs) {
+    const double expected = std::exp(8.3916 - 0.81218 * std::log(static_cast<double>(r.n_act)) -
+                                     0.25 * std::log(static_cast<double>(r.config.model.experts)));
+    EXPECT_NEAR(r.config.train.lr / expected, 1.0, 1e-12);
+  }
+}
+
+TEST(RunKeys, AreTheSameInAnotherProcess) {
+  const std::string path = (kSource / "sweeps/paper.toml").string();
+  const Sweep here = load_sweep_file(path);
+  const CommandResult there = run_command("expand --json " + path);
+  ASSERT_EQ(there.status, 0) << there.err;
+  const auto json = nlohmann::json::parse(there.out);
+  ASSERT_EQ(json["runs"].size(), here.runs.size());
+  for (std::size_t i = 0; i < here.runs.size(); ++i) {
+    EXPECT_EQ(json["runs"][i]["run_key"], here.runs[i].run_key);
+    EXPECT_EQ(json["runs"][i]["n_act"], here.runs[i].n_act);
+  }
+  EXPECT_EQ(here.runs[0].run_key.size(), 64u);  // SHA-256, hex
+}
+
+TEST_F(TempFiles, OrderOfKeysListsAndBlocksDoesNotChangeTheSweep) {
+  const std::string a = write("a.toml", std::string(kData) + R"(
+[model]
+seq_len = 64
+[train]
+batch_tokens = 1024
+warmup_tokens = 1024
+lr = 0.001
+[[grid]]
+shape = [{d_model = 32, n_layers = 2, n_heads = 2}, {d_model = 64, n_layers = 2, n_heads = 4}]
+experts = [1, 2, 4]
+tokens = [10240, 20480]
+[[grid]]
+shape = [{d_model = 96, n_layers = 3, n_heads = 4}]
+experts = [1]
+tokens = [40960]
+)");
+  const std::string b = write("b.toml", R"(
+[[grid]]
+tokens = [40960]
+experts = [1]
+shape = [{n_heads = 4, n_layers = 3, d_model = 96}]
+[[grid]]
+tokens = [20480, 10240]
+experts = [4, 1, 2]
+shape = [{n_layers = 2, d_model = 64, n_heads = 4}, {n_heads = 2, d_model = 32, n_layers = 2}]
+[train]
+lr = 0.001
+batch_tokens = 1024
+warmup_tokens = 1024
+[model]
+seq_len = 64
+)" + std::string(kData));
+  const Sweep sa = load_sweep_file(a), sb = load_sweep_file(b);
+  EXPECT_EQ(sa.runs.size(), 13u);
+  EXPECT_EQ(keys(sa), keys(sb));
+  for (std::size_t i = 1; i < sa.runs.size(); ++i) EXPECT_LE(sa.runs[i - 1].flops, sa.runs[i].flops);
+}
+
+TEST_F(TempFiles, AGridPointInTwoBlocksIsOneRun) {
+  const std::string path = write("u.toml", std::string(kData) + R"(
+[train]
+batch_tokens = 1024
+warmup_tokens = 1024
+lr = 0.001
+[[grid]]
+shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
+experts = [1, 2]
+tokens = [10240]
+[[grid]]
+shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
+experts = [2, 4]
+tokens = [10240]
+)");
+  EXPECT_EQ(load_sweep_file(path).runs.size(), 3u);
+}
+
+TEST_F(TempFiles, KeysFollowTheResolvedConfigNotHowItWasWritten) {
+  auto sweep_with = [&](const std::string& name, const std::string& train) {
+    return load_sweep_file(write(name, std::string(kData) + "[train]\nbatch_tokens = 1024\nwarmup_tokens = 1024\ntokens = 10240\n" + train +
+                                           "\n[[grid]]\nshape = [{d_model = 32, n_layers = 2, n_heads = 2}]\n"));
+  };
+  const Sweep automatic = sweep_with("auto.toml", "lr = \"auto\"");
+  const double lr = automatic.runs[0].config.train.lr;
+  char explicit_lr[64];
+  std::snprintf(explicit_lr, sizeof explicit_lr, "lr = %.17g", lr);
+  EXPECT_EQ(sweep_with("explicit.toml", explicit_lr).runs[0].run_key, automatic.runs[0].run_key);
+  EXPECT_NE(sweep_with("seed.toml", "lr = \"auto\"\nseed = 1").runs[0].run_key, automatic.runs[0].run_key);
+  EXPECT_NE(sweep_with("tokens.toml", "lr = \"auto\"\neval_tokens = 4096").runs[0].run_key, automatic.runs[0].run_key);
+}
+
+TEST_F(TempFiles, FiltersDropTheRunsTheyName) {
+  const std::string path = write("f.toml", std::string(kData) + R"(
+[train]
+batch_tokens = 1024
+warmup_tokens = 1024
+lr = 0.001
+[filters]
+max_tokens_per_param = 1.0
+[[grid]]
+shape = [{d_model = 32, n_layers = 2, n_heads = 2}, {d_model = 64, n_layers = 2, n_heads = 4}]
+tokens = [10240, 81920]
+[[grid]]
+shape = [{d_model = 32, n_layers = 1, n_heads = 2}, {d_model = 64, n_layers = 4, n_heads = 4}]
+tokens = [10240]
+min_non_embedding_params = 100000
+)");
+  // N_act(32/2) = 26624 + 16384 = 43008; N_act(64/2) = 106496 + 32768 = 139264; N_act(64/4) = 245760.
+  // Block 1 keeps D/N ≤ 1: (32, 10240), (64, 10240), (64, 81920). Block 2 keeps 13·d²·L ≥ 1e5: only 64/4.
+  const Sweep s = load_sweep_file(path);
+  std::set<std::pair<std::int64_t, std::int64_t>> got;
+  for (const auto& r : s.runs) got.insert({r.n_act, r.config.train.tokens});
+  EXPECT_EQ(got, (std::set<std::pair<std::int64_t, std::int64_t>>{
+                     {43008, 10240}, {139264, 10240}, {139264, 81920}, {245760, 10240}}));
+}
+
+TEST_F(TempFiles, ARunFileResolvesEveryKeyAndRefusesSweepSections) {
+  const auto config = load_run_file(write("run.toml", std::string(kData) + R"(
+tokenizer = "gpt2"
+[model]
+d_model = 64
+n_layers = 2
+n_heads = 4
+experts = 4
+seq_len = 128
+[train]
+tokens = 2_000_000
+batch_tokens = 8192
+lr = "auto"
+warmup_tokens = 100_000
+)"));
+  EXPECT_EQ(config.model.vocab_size, 50257);
+  EXPECT_EQ(config.model.experts, 4);
+  EXPECT_TRUE(config.train.lr_auto);
+  EXPECT_GT(config.train.lr, 0);
+  EXPECT_DOUBLE_EQ(config.train.decay_fraction, 0.2);  // the recipe's default
+
+  try {
+    load_run_file(write("with_grid.toml", std::string(kData) + "[train]\ntokens = 100000\n[[grid]]\nexperts = [1]\n"));
+    FAIL() << "a run file with [[grid]] was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("only sweep files have [grid]"), std::string::npos) << e.what();
+  }
+}
+
+// tests/data/bad: each file states the message fragment it must produce on its first line
+// ("# expect: ..."); an empty file must say so.
+std::vector<std::pair<fs::path, std::string>> bad_inputs() {
+  std::vector<std::pair<fs::path, std::string>> cases;
+  for (const auto& entry : fs::directory_iterator(kSource / "tests/data/bad")) {
+    if (entry.path().extension() != ".toml") continue;
+    std::ifstream in(entry.path());
+    std::string first;
+    std::getline(in, first);
+    const std::string marker = "# expect: ";
+    cases.push_back({entry.path(), first.rfind(marker, 0) == 0 ? first.substr(marker.size()) : "empty file"});
+  }
+  std::sort(cases.begin(), cases.end());
+  return cases;
+}
+
+TEST(BadInput, EveryFileFailsWithItsMessage) {
+  const auto cases = bad_inputs();
+  ASSERT_GE(cases.size(), 20u);
+  for (const auto& [path, fragment] : cases) {
+    try {
+      load_sweep_file(path.string());
+      ADD_FAILURE() << path << " was accepted";
+    } catch (const InputError& e) {
+      const std::string message = e.what();
+      EXPECT_NE(message.find(fragment), std::string::npos) << path << "\n  got: " << message;
+      EXPECT_NE(message.find(path.filename().string()), std::string::npos) << "message does not name the file";
+    }
+  }
+}
+
+TEST(BadInput, TheCommandLineExitsTwoWithOneLine) {
+  for (const auto& [path, fragment] : bad_inputs()) {
+    const CommandResult r = run_command("expand " + path.string());
+    EXPECT_EQ(r.status, 2) << path;
+    EXPECT_TRUE(r.out.empty()) << path;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << path << ": " << r.err;
+    EXPECT_NE(r.err.find(fragment), std::string::npos) << path << ": " << r.err;
+  }
+  const CommandResult missing = run_command("expand /nonexistent/sweep.toml");
+  EXPECT_EQ(missing.status, 2);
+  EXPECT_NE(missing.err.find("/nonexistent/sweep.toml: no such file"), std::string::npos) << missing.err;
+  const CommandResult usage = run_command("expand");
+  EXPECT_EQ(usage.status, 2);
+  EXPECT_EQ(std::count(usage.err.begin(), usage.err.end(), '\n'), 1) << usage.err;
+  const CommandResult no_db = run_command("status --db /nonexistent/sweep.db");
+  EXPECT_EQ(no_db.status, 2);
+  EXPECT_FALSE(fs::exists("/nonexistent/sweep.db"));
+}
+
+}  // namespace

@@ -1,0 +1,64 @@
+#pragma once
+// The fully resolved configuration of one training run: what `moesweep train RUN.toml` takes and what a
+// sweep expands into. Plain data; parsing (TOML) lives in the orchestrator, training in the trainer.
+#include <cstdint>
+#include <string>
+
+namespace moesweep::trainer {
+
+struct DataConfig {
+  std::string train;               // token shard written by prepare-data (path as written in the file)
+  std::string val;
+  std::string tokenizer = "byte";  // "byte" (256 symbols) or "gpt2" (50257)
+};
+
+struct ModelConfig {
+  std::int64_t d_model = 64;
+  std::int64_t n_layers = 2;
+  std::int64_t n_heads = 4;
+  std::int64_t experts = 1;  // 1 = dense SwiGLU block, no router
+  std::int64_t seq_len = 128;
+  std::int64_t vocab_size = 256;  // derived from the tokenizer
+  double capacity_factor = 1.0;       // training
+  double eval_capacity_factor = 1.5;  // evaluation (the paper's measured loss)
+};
+
+struct TrainConfig {
+  std::int64_t tokens = 2'000'000;  // D
+  std::int64_t batch_tokens = 8192;
+  double lr = 0.0;         // resolved learning rate (lr = "auto" is resolved at parse time)
+  bool lr_auto = false;    // whether lr came from the auto rule (informational)
+  std::int64_t warmup_tokens = 100'000;
+  double decay_fraction = 0.2;  // linear decay to 0 over the final fraction of tokens
+  double weight_decay = 0.1;
+  double grad_clip = 0.1;
+  std::uint64_t seed = 0;
+  std::int64_t eval_tokens = 65'536;
+  std::int64_t checkpoint_every_tokens = 500'000;
+  bool batch_ramp = false;  // the paper's 128 -> 256 -> 512 sequence ramp at 0.5B and 1B tokens
+  double z_loss_weight = 0.001;
+  double balance_loss_weight = 0.01;
+};
+
+struct RunConfig {
+  DataConfig data;
+  ModelConfig model;
+  TrainConfig train;
+};
+
+// Vocabulary size of a tokenizer name; 0 for an unknown name.
+std::int64_t vocab_size_of(const std::string& tokenizer);
+
+// Parameter counts exactly as the paper counts them (router and norms excluded):
+// active = 13·d²·L + 2·d·V; total = (4 + 9E)·d²·L + 2·d·V.
+std::int64_t active_params(const ModelConfig& m);
+std::int64_t total_params(const ModelConfig& m);
+std::int64_t non_embedding_active_params(const ModelConfig& m);  // 13·d²·L
+
+// Training FLOPs as the paper counts them: 6·N_act·D.
+double training_flops(const RunConfig& r);
+
+// The learning-rate rule lr = exp(8.3916 − 0.81218·ln N_act − 0.25·ln E).
+double auto_learning_rate(std::int64_t n_act, std::int64_t experts);
+
+}  // namespace moesweep::trainer
