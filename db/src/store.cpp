@@ -170,7 +170,9 @@ class Statement {
   std::int64_t i64(int col) const { return sqlite3_column_int64(stmt_, col); }
   double f64(int col) const { return sqlite3_column_double(stmt_, col); }
   bool is_null(int col) const { return sqlite3_column_type(stmt_, col) == SQLITE_NULL; }
-  std::optional<double> opt_f64(int col) const { return is_null(col) ? std::nullopt : std::optional(f64(col)); }
+  std::optional<double> opt_f64(int col) const {
+    return is_null(col) ? std::nullopt : std::optional(f64(col));
+  }
   std::string text(int col) const {
     auto p = sqlite3_column_text(stmt_, col);
     return p ? reinterpret_cast<const char*>(p) : "";
@@ -231,7 +233,8 @@ void migrate(sqlite3* db, const std::string& path, int target) {
 sqlite3* open_connection(const std::string& path, Store::Mode mode) {
   if (mode == Store::Mode::ReadOnly && access(path.c_str(), R_OK) != 0)
     throw InputError(path + ": no such database (or not readable)");
-  int flags = mode == Store::Mode::ReadOnly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+  int flags =
+      mode == Store::Mode::ReadOnly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
   sqlite3* db = nullptr;
   if (sqlite3_open_v2(path.c_str(), &db, flags | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
     std::string message = db ? sqlite3_errmsg(db) : "out of memory";
@@ -307,8 +310,9 @@ Store Store::open(const std::string& path, Mode mode) {
     if (version > latest_schema_version())
       throw InputError(path + ": schema version " + std::to_string(version) + " is newer than this moesweep");
     if (version < latest_schema_version())
-      throw InputError(path + ": schema version " + std::to_string(version) +
-                       " is older than this moesweep; open it once read-write (e.g. moesweep run) to migrate");
+      throw InputError(
+          path + ": schema version " + std::to_string(version) +
+          " is older than this moesweep; open it once read-write (e.g. moesweep run) to migrate");
   } else {
     migrate(db, path, latest_schema_version());
   }
@@ -327,7 +331,9 @@ int Store::schema_version() const { return read_user_version(db_); }
 std::int64_t Store::register_sweep(const std::string& name, const std::string& spec_path,
                                    const std::vector<RunSpec>& runs) {
   Transaction t(db_);
-  Statement(db_, "INSERT INTO sweeps(name, spec_path) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET spec_path=excluded.spec_path")
+  Statement(db_,
+            "INSERT INTO sweeps(name, spec_path) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
+            "spec_path=excluded.spec_path")
       .bind(1, name)
       .bind(2, spec_path)
       .run();
@@ -336,11 +342,12 @@ std::int64_t Store::register_sweep(const std::string& name, const std::string& s
   sweep_id.step();
   const std::int64_t sid = sweep_id.i64(0);
 
-  Statement insert(db_,
-                   "INSERT OR IGNORE INTO runs(run_key, config_json, n_act, n_total, tokens, experts, d_model, "
-                   "n_layers, n_heads, lr, flops) VALUES (?,?,?,?,?,?,?,?,?,?,?)");
-  Statement link(db_,
-                 "INSERT OR IGNORE INTO sweep_runs(sweep_id, run_id) SELECT ?, id FROM runs WHERE run_key = ?");
+  Statement insert(
+      db_,
+      "INSERT OR IGNORE INTO runs(run_key, config_json, n_act, n_total, tokens, experts, d_model, "
+      "n_layers, n_heads, lr, flops) VALUES (?,?,?,?,?,?,?,?,?,?,?)");
+  Statement link(
+      db_, "INSERT OR IGNORE INTO sweep_runs(sweep_id, run_id) SELECT ?, id FROM runs WHERE run_key = ?");
   std::int64_t inserted = 0;
   for (const RunSpec& r : runs) {
     insert.reset();
@@ -364,7 +371,8 @@ std::optional<SweepInfo> Store::sweep(const std::string& name) const {
 }
 
 std::vector<SweepInfo> Store::sweeps() const {
-  Statement s(db_, "SELECT id, name, spec_path, COALESCE(slurm_job_id,''), created_at FROM sweeps ORDER BY id");
+  Statement s(db_,
+              "SELECT id, name, spec_path, COALESCE(slurm_job_id,''), created_at FROM sweeps ORDER BY id");
   std::vector<SweepInfo> out;
   while (s.step()) out.push_back({s.i64(0), s.text(1), s.text(2), s.text(3), s.text(4)});
   return out;
@@ -372,7 +380,10 @@ std::vector<SweepInfo> Store::sweeps() const {
 
 void Store::set_slurm_job(const std::string& sweep_name, const std::string& job_id) {
   Transaction t(db_);
-  Statement(db_, "UPDATE sweeps SET slurm_job_id = ? WHERE name = ?").bind(1, job_id).bind(2, sweep_name).run();
+  Statement(db_, "UPDATE sweeps SET slurm_job_id = ? WHERE name = ?")
+      .bind(1, job_id)
+      .bind(2, sweep_name)
+      .run();
   if (sqlite3_changes(db_) != 1) throw InputError(path_ + ": no sweep named '" + sweep_name + "'");
   t.commit();
 }
@@ -406,9 +417,10 @@ std::int64_t Store::start_attempt(const std::string& run_key, int rank, int rank
 void Store::record_heartbeats(const std::vector<Heartbeat>& beats) {
   if (beats.empty()) return;
   Transaction t(db_);
-  Statement metric(db_,
-                   "INSERT INTO metrics(run_id, attempt_id, step, tokens, train_loss, eval_loss, tokens_per_s, lr) "
-                   "SELECT run_id, id, ?, ?, ?, ?, ?, ? FROM attempts WHERE id = ?");
+  Statement metric(
+      db_,
+      "INSERT INTO metrics(run_id, attempt_id, step, tokens, train_loss, eval_loss, tokens_per_s, lr) "
+      "SELECT run_id, id, ?, ?, ?, ?, ?, ? FROM attempts WHERE id = ?");
   Statement live(db_, (std::string("UPDATE runs SET step=?, tokens_done=?, last_loss=?, tokens_per_s=?, "
                                    "updated_at=") +
                        kNow + " WHERE id = (SELECT run_id FROM attempts WHERE id = ?) AND state = 'running'")
@@ -418,9 +430,14 @@ void Store::record_heartbeats(const std::vector<Heartbeat>& beats) {
     metric.bind(1, b.step).bind(2, b.tokens).bind(3, b.train_loss).bind(4, b.eval_loss);
     metric.bind(5, b.tokens_per_s).bind(6, b.lr).bind(7, b.attempt_id);
     metric.run();
-    if (sqlite3_changes(db_) != 1) throw std::runtime_error("heartbeat for unknown attempt " + std::to_string(b.attempt_id));
+    if (sqlite3_changes(db_) != 1)
+      throw std::runtime_error("heartbeat for unknown attempt " + std::to_string(b.attempt_id));
     live.reset();
-    live.bind(1, b.step).bind(2, b.tokens).bind(3, b.train_loss).bind(4, b.tokens_per_s).bind(5, b.attempt_id);
+    live.bind(1, b.step)
+        .bind(2, b.tokens)
+        .bind(3, b.train_loss)
+        .bind(4, b.tokens_per_s)
+        .bind(5, b.attempt_id);
     live.run();
   }
   t.commit();
@@ -433,7 +450,9 @@ void Store::finish_attempt(std::int64_t attempt_id, const AttemptEnd& end) {
   if (!valid) throw std::runtime_error("finish_attempt: invalid end state '" + end.state + "'");
 
   Transaction t(db_);
-  Statement(db_, (std::string("UPDATE attempts SET ended_at=") + kNow + ", exit_reason=? WHERE id=? AND ended_at IS NULL").c_str())
+  Statement(db_, (std::string("UPDATE attempts SET ended_at=") + kNow +
+                  ", exit_reason=? WHERE id=? AND ended_at IS NULL")
+                     .c_str())
       .bind(1, end.exit_reason)
       .bind(2, attempt_id)
       .run();
@@ -457,7 +476,9 @@ void Store::finish_attempt(std::int64_t attempt_id, const AttemptEnd& end) {
 
 void Store::add_event(const std::string& kind, const std::string& message, const std::string& run_key) {
   Transaction t(db_);
-  Statement s(db_, "INSERT INTO events(run_id, kind, message) VALUES ((SELECT id FROM runs WHERE run_key = ?), ?, ?)");
+  Statement s(
+      db_,
+      "INSERT INTO events(run_id, kind, message) VALUES ((SELECT id FROM runs WHERE run_key = ?), ?, ?)");
   s.bind(1, run_key).bind(2, kind).bind(3, message).run();
   t.commit();
 }
@@ -465,7 +486,8 @@ void Store::add_event(const std::string& kind, const std::string& message, const
 std::vector<StatusRow> Store::status(const std::optional<std::string>& sweep) const {
   const char* all = "SELECT * FROM status ORDER BY flops DESC, run_key";
   const char* one =
-      "SELECT st.* FROM status st JOIN runs r ON r.run_key = st.run_key JOIN sweep_runs sr ON sr.run_id = r.id "
+      "SELECT st.* FROM status st JOIN runs r ON r.run_key = st.run_key JOIN sweep_runs sr ON sr.run_id = "
+      "r.id "
       "JOIN sweeps s ON s.id = sr.sweep_id WHERE s.name = ? ORDER BY st.flops DESC, st.run_key";
   Statement s(db_, sweep ? one : all);
   if (sweep) s.bind(1, *sweep);
@@ -485,11 +507,14 @@ std::vector<SummaryRow> Store::summary(const std::optional<std::string>& sweep) 
 
 std::vector<FinishedRun> Store::finished_runs(const std::optional<std::string>& sweep) const {
   const char* all =
-      "SELECT run_key, n_act, tokens, experts, final_loss FROM runs WHERE state='done' AND final_loss IS NOT NULL "
+      "SELECT run_key, n_act, tokens, experts, final_loss FROM runs WHERE state='done' AND final_loss IS NOT "
+      "NULL "
       "ORDER BY run_key";
   const char* one =
-      "SELECT r.run_key, r.n_act, r.tokens, r.experts, r.final_loss FROM runs r JOIN sweep_runs sr ON sr.run_id = "
-      "r.id JOIN sweeps s ON s.id = sr.sweep_id WHERE s.name = ? AND r.state='done' AND r.final_loss IS NOT NULL "
+      "SELECT r.run_key, r.n_act, r.tokens, r.experts, r.final_loss FROM runs r JOIN sweep_runs sr ON "
+      "sr.run_id = "
+      "r.id JOIN sweeps s ON s.id = sr.sweep_id WHERE s.name = ? AND r.state='done' AND r.final_loss IS NOT "
+      "NULL "
       "ORDER BY r.run_key";
   if (sweep && !this->sweep(*sweep)) throw InputError(path_ + ": no sweep named '" + *sweep + "'");
   Statement s(db_, sweep ? one : all);

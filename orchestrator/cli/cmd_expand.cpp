@@ -35,10 +35,11 @@ void print_table(const orchestrator::Sweep& sweep) {
   double total = 0;
   for (const auto& r : sweep.runs) {
     const auto& c = r.config;
-    std::printf("%-12s %7lld %6lld %5lld %3lld %8s %8s %8s %7.1f %9.3g %9s\n", r.run_key.substr(0, 12).c_str(),
-                static_cast<long long>(c.model.d_model), static_cast<long long>(c.model.n_layers),
-                static_cast<long long>(c.model.n_heads), static_cast<long long>(c.model.experts),
-                human_count(static_cast<double>(r.n_act)).c_str(), human_count(static_cast<double>(r.n_total)).c_str(),
+    std::printf("%-12s %7lld %6lld %5lld %3lld %8s %8s %8s %7.1f %9.3g %9s\n",
+                r.run_key.substr(0, 12).c_str(), static_cast<long long>(c.model.d_model),
+                static_cast<long long>(c.model.n_layers), static_cast<long long>(c.model.n_heads),
+                static_cast<long long>(c.model.experts), human_count(static_cast<double>(r.n_act)).c_str(),
+                human_count(static_cast<double>(r.n_total)).c_str(),
                 human_count(static_cast<double>(c.train.tokens)).c_str(),
                 static_cast<double>(c.train.tokens) / static_cast<double>(r.n_act), c.train.lr,
                 scientific(r.flops).c_str());
@@ -51,7 +52,8 @@ void print_table(const orchestrator::Sweep& sweep) {
 }  // namespace
 
 void add_expand(CLI::App& app) {
-  auto* cmd = app.add_subcommand("expand", "List the runs a sweep file makes (fully resolved, with run keys)");
+  auto* cmd =
+      app.add_subcommand("expand", "List the runs a sweep file makes (fully resolved, with run keys)");
   auto path = std::make_shared<std::string>();
   auto json = std::make_shared<bool>(false);
   cmd->add_option("sweep", *path, "Sweep file (TOML)")->required();

@@ -22,7 +22,9 @@ struct StatusOptions {
   double watch_seconds = 0;
 };
 
-nlohmann::json optional_json(const std::optional<double>& v) { return v ? nlohmann::json(*v) : nlohmann::json(); }
+nlohmann::json optional_json(const std::optional<double>& v) {
+  return v ? nlohmann::json(*v) : nlohmann::json();
+}
 
 nlohmann::json row_json(const db::StatusRow& r) {
   return {{"run_key", r.run_key},
@@ -50,7 +52,8 @@ std::string render_json(const db::Store& store, const std::optional<std::string>
   out["sweeps"] = nlohmann::json::array();
   for (const auto& s : store.sweeps())
     if (!sweep || s.name == *sweep)
-      out["sweeps"].push_back({{"name", s.name}, {"spec_path", s.spec_path}, {"slurm_job_id", s.slurm_job_id}});
+      out["sweeps"].push_back(
+          {{"name", s.name}, {"spec_path", s.spec_path}, {"slurm_job_id", s.slurm_job_id}});
   out["runs_total"] = p.runs;
   out["counts"] = p.runs_by_state;
   out["flops_done"] = p.flops_done;
@@ -79,7 +82,8 @@ std::string render_text(const db::Store& store, const std::optional<std::string>
 
   o << "runs: " << p.runs << " —";
   for (const char* state : {"done", "running", "pending", "preempted", "failed", "diverged"})
-    if (auto it = p.runs_by_state.find(state); it != p.runs_by_state.end()) o << " " << it->second << " " << state;
+    if (auto it = p.runs_by_state.find(state); it != p.runs_by_state.end())
+      o << " " << it->second << " " << state;
   o << "\n";
 
   const double fraction = p.flops_total > 0 ? p.flops_done / p.flops_total : 0.0;
@@ -96,13 +100,14 @@ std::string render_text(const db::Store& store, const std::optional<std::string>
   for (const auto& r : rows) {
     if (r.state != "running") continue;
     if (!header) {
-      std::snprintf(line, sizeof line, "\nrunning:\n  %-12s %3s %8s %8s %8s %6s %8s %10s %5s\n", "run_key", "E", "N_act",
-                    "tokens", "step", "done", "loss", "tokens/s", "rank");
+      std::snprintf(line, sizeof line, "\nrunning:\n  %-12s %3s %8s %8s %8s %6s %8s %10s %5s\n", "run_key",
+                    "E", "N_act", "tokens", "step", "done", "loss", "tokens/s", "rank");
       o << line;
       header = true;
     }
-    std::snprintf(line, sizeof line, "  %-12s %3lld %8s %8s %8lld %5.1f%% %8s %10s %5s\n", r.run_key.substr(0, 12).c_str(),
-                  static_cast<long long>(r.experts), human_count(static_cast<double>(r.n_act)).c_str(),
+    std::snprintf(line, sizeof line, "  %-12s %3lld %8s %8s %8lld %5.1f%% %8s %10s %5s\n",
+                  r.run_key.substr(0, 12).c_str(), static_cast<long long>(r.experts),
+                  human_count(static_cast<double>(r.n_act)).c_str(),
                   human_count(static_cast<double>(r.tokens)).c_str(), static_cast<long long>(r.step),
                   100.0 * r.progress, r.last_loss ? std::to_string(*r.last_loss).substr(0, 6).c_str() : "-",
                   r.tokens_per_s ? human_count(*r.tokens_per_s).c_str() : "-",
@@ -116,8 +121,8 @@ std::string render_text(const db::Store& store, const std::optional<std::string>
       o << "\nfailures:\n";
       header = true;
     }
-    std::snprintf(line, sizeof line, "  %-12s %-8s attempts %lld: ", r.run_key.substr(0, 12).c_str(), r.state.c_str(),
-                  static_cast<long long>(r.attempts));
+    std::snprintf(line, sizeof line, "  %-12s %-8s attempts %lld: ", r.run_key.substr(0, 12).c_str(),
+                  r.state.c_str(), static_cast<long long>(r.attempts));
     o << line << (r.error.empty() ? "(no message)" : r.error) << "\n";
   }
   return o.str();

@@ -11,7 +11,8 @@ SweepProgress summarize(const std::vector<db::StatusRow>& rows) {
     ++p.runs;
     p.flops_total += r.flops;
     p.flops_done += r.flops * std::clamp(r.progress, 0.0, 1.0);
-    if (r.state == "running" && r.tokens_per_s) p.flops_per_s += 6.0 * static_cast<double>(r.n_act) * *r.tokens_per_s;
+    if (r.state == "running" && r.tokens_per_s)
+      p.flops_per_s += 6.0 * static_cast<double>(r.n_act) * *r.tokens_per_s;
   }
   // Failed and diverged runs will not be trained further; their remaining work is not "to do".
   double remaining = 0;

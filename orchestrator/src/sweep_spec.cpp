@@ -1,6 +1,7 @@
 #include "moesweep/orchestrator/sweep_spec.h"
 
 #include <openssl/evp.h>
+#include <toml++/toml.h>
 
 #include <algorithm>
 #include <cmath>
@@ -12,7 +13,6 @@
 #include <optional>
 #include <set>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "moesweep/input_error.h"
 
@@ -25,13 +25,20 @@ long line_of(const toml::node& n) { return static_cast<long>(n.source().begin.li
 
 std::string type_name(const toml::node& n) {
   switch (n.type()) {
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a number";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::array: return "a list";
-    case toml::node_type::table: return "a table";
-    default: return "a date/time";
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a number";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::array:
+      return "a list";
+    case toml::node_type::table:
+      return "a table";
+    default:
+      return "a date/time";
   }
 }
 
@@ -41,13 +48,16 @@ struct Value {
   const toml::node& node;
   std::string key;
 
-  [[noreturn]] void fail(const std::string& what) const { throw InputError::at(file, line_of(node), key, what); }
+  [[noreturn]] void fail(const std::string& what) const {
+    throw InputError::at(file, line_of(node), key, what);
+  }
 
   std::int64_t integer() const {
     if (auto i = node.as_integer()) return i->get();
     if (auto f = node.as_floating_point()) {  // allow 2e9 for a token count, but only whole numbers
       double v = f->get();
-      if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 9.0e18) return static_cast<std::int64_t>(v);
+      if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 9.0e18)
+        return static_cast<std::int64_t>(v);
       fail("expected a whole number, got " + std::to_string(v));
     }
     fail("expected an integer, got " + type_name(node));
@@ -123,20 +133,24 @@ const std::vector<Field>& run_fields() {
       {"data", "tokenizer",
        [](Point& p, const Value& v) {
          std::string name = v.string();
-         if (trainer::vocab_size_of(name) == 0) v.fail("unknown tokenizer '" + name + "' (known: byte, gpt2)");
+         if (trainer::vocab_size_of(name) == 0)
+           v.fail("unknown tokenizer '" + name + "' (known: byte, gpt2)");
          p.config.data.tokenizer = name;
          p.config.model.vocab_size = trainer::vocab_size_of(name);
        }},
       {"model", "d_model", [](Point& p, const Value& v) { p.config.model.d_model = v.integer_at_least(1); }},
-      {"model", "n_layers", [](Point& p, const Value& v) { p.config.model.n_layers = v.integer_at_least(1); }},
+      {"model", "n_layers",
+       [](Point& p, const Value& v) { p.config.model.n_layers = v.integer_at_least(1); }},
       {"model", "n_heads", [](Point& p, const Value& v) { p.config.model.n_heads = v.integer_at_least(1); }},
       {"model", "experts", [](Point& p, const Value& v) { p.config.model.experts = v.integer_at_least(1); }},
       {"model", "seq_len", [](Point& p, const Value& v) { p.config.model.seq_len = v.integer_at_least(2); }},
-      {"model", "capacity_factor", [](Point& p, const Value& v) { p.config.model.capacity_factor = v.positive(); }},
+      {"model", "capacity_factor",
+       [](Point& p, const Value& v) { p.config.model.capacity_factor = v.positive(); }},
       {"model", "eval_capacity_factor",
        [](Point& p, const Value& v) { p.config.model.eval_capacity_factor = v.positive(); }},
       {"train", "tokens", [](Point& p, const Value& v) { p.config.train.tokens = v.integer_at_least(1); }},
-      {"train", "batch_tokens", [](Point& p, const Value& v) { p.config.train.batch_tokens = v.integer_at_least(1); }},
+      {"train", "batch_tokens",
+       [](Point& p, const Value& v) { p.config.train.batch_tokens = v.integer_at_least(1); }},
       {"train", "lr",
        [](Point& p, const Value& v) {
          if (auto s = v.node.as_string()) {
@@ -147,17 +161,24 @@ const std::vector<Field>& run_fields() {
            p.config.train.lr_auto = false;
          }
        }},
-      {"train", "warmup_tokens", [](Point& p, const Value& v) { p.config.train.warmup_tokens = v.integer_at_least(0); }},
-      {"train", "decay_fraction", [](Point& p, const Value& v) { p.config.train.decay_fraction = v.in_unit_interval(); }},
-      {"train", "weight_decay", [](Point& p, const Value& v) { p.config.train.weight_decay = v.non_negative(); }},
+      {"train", "warmup_tokens",
+       [](Point& p, const Value& v) { p.config.train.warmup_tokens = v.integer_at_least(0); }},
+      {"train", "decay_fraction",
+       [](Point& p, const Value& v) { p.config.train.decay_fraction = v.in_unit_interval(); }},
+      {"train", "weight_decay",
+       [](Point& p, const Value& v) { p.config.train.weight_decay = v.non_negative(); }},
       {"train", "grad_clip", [](Point& p, const Value& v) { p.config.train.grad_clip = v.positive(); }},
       {"train", "seed",
-       [](Point& p, const Value& v) { p.config.train.seed = static_cast<std::uint64_t>(v.integer_at_least(0)); }},
-      {"train", "eval_tokens", [](Point& p, const Value& v) { p.config.train.eval_tokens = v.integer_at_least(1); }},
+       [](Point& p, const Value& v) {
+         p.config.train.seed = static_cast<std::uint64_t>(v.integer_at_least(0));
+       }},
+      {"train", "eval_tokens",
+       [](Point& p, const Value& v) { p.config.train.eval_tokens = v.integer_at_least(1); }},
       {"train", "checkpoint_every_tokens",
        [](Point& p, const Value& v) { p.config.train.checkpoint_every_tokens = v.integer_at_least(1); }},
       {"train", "batch_ramp", [](Point& p, const Value& v) { p.config.train.batch_ramp = v.boolean(); }},
-      {"train", "z_loss_weight", [](Point& p, const Value& v) { p.config.train.z_loss_weight = v.non_negative(); }},
+      {"train", "z_loss_weight",
+       [](Point& p, const Value& v) { p.config.train.z_loss_weight = v.non_negative(); }},
       {"train", "balance_loss_weight",
        [](Point& p, const Value& v) { p.config.train.balance_loss_weight = v.non_negative(); }},
   };
@@ -166,7 +187,8 @@ const std::vector<Field>& run_fields() {
 
 const std::vector<Field>& filter_fields() {
   static const std::vector<Field> fields = {
-      {"filters", "max_tokens_per_param", [](Point& p, const Value& v) { p.max_tokens_per_param = v.positive(); }},
+      {"filters", "max_tokens_per_param",
+       [](Point& p, const Value& v) { p.max_tokens_per_param = v.positive(); }},
       {"filters", "min_non_embedding_params",
        [](Point& p, const Value& v) { p.min_non_embedding_params = v.non_negative(); }},
   };
@@ -233,7 +255,8 @@ void apply_section(const std::string& file, const toml::table& table, const std:
       continue;
     }
     std::string elsewhere;
-    if (const Field* other = find_field(run_fields(), "", key)) elsewhere = "[" + std::string(other->section) + "]";
+    if (const Field* other = find_field(run_fields(), "", key))
+      elsewhere = "[" + std::string(other->section) + "]";
     throw InputError::at(file, line_of(node), section + "." + key,
                          unknown_key_message(key, keys_of(fields, section), elsewhere));
   }
@@ -254,22 +277,26 @@ toml::table parse(const std::string& path) {
 void finish_point(const std::string& file, Point& p) {
   RunConfig& c = p.config;
   if (c.data.train.empty())
-    throw InputError::at(file, 0, "data.train", "missing: the token shard to train on (moesweep prepare-data writes it)");
-  if (c.data.val.empty()) throw InputError::at(file, 0, "data.val", "missing: the held-out token shard for eval");
-  if (p.lines.count("tokens") == 0) throw InputError::at(file, 0, "train.tokens", "missing: the number of training tokens D");
+    throw InputError::at(file, 0, "data.train",
+                         "missing: the token shard to train on (moesweep prepare-data writes it)");
+  if (c.data.val.empty())
+    throw InputError::at(file, 0, "data.val", "missing: the held-out token shard for eval");
+  if (p.lines.count("tokens") == 0)
+    throw InputError::at(file, 0, "train.tokens", "missing: the number of training tokens D");
   const auto& m = c.model;
   if (m.d_model % m.n_heads != 0)
-    throw InputError::at(file, p.line("n_heads"), "n_heads",
-                         "d_model " + std::to_string(m.d_model) + " is not divisible by n_heads " +
-                             std::to_string(m.n_heads));
+    throw InputError::at(
+        file, p.line("n_heads"), "n_heads",
+        "d_model " + std::to_string(m.d_model) + " is not divisible by n_heads " + std::to_string(m.n_heads));
   if ((m.d_model / m.n_heads) % 2 != 0)
     throw InputError::at(file, p.line("n_heads"), "n_heads",
                          "the head dimension d_model/n_heads = " + std::to_string(m.d_model / m.n_heads) +
                              " must be even (RoPE rotates pairs)");
   auto& t = c.train;
   if (t.batch_tokens % m.seq_len != 0)
-    throw InputError::at(file, p.line("batch_tokens"), "batch_tokens",
-                         std::to_string(t.batch_tokens) + " is not a multiple of seq_len " + std::to_string(m.seq_len));
+    throw InputError::at(
+        file, p.line("batch_tokens"), "batch_tokens",
+        std::to_string(t.batch_tokens) + " is not a multiple of seq_len " + std::to_string(m.seq_len));
   if (t.tokens < t.batch_tokens)
     throw InputError::at(file, p.line("tokens"), "tokens",
                          std::to_string(t.tokens) + " is less than one batch (batch_tokens " +
@@ -339,7 +366,8 @@ std::vector<Axis> grid_axes(const std::string& file, const toml::table& block) {
     std::string key(k.str());
     Axis axis{key, {}};
     if (auto list = node.as_array()) {
-      if (list->empty()) throw InputError::at(file, line_of(node), "grid." + key, "empty list: the grid has no points");
+      if (list->empty())
+        throw InputError::at(file, line_of(node), "grid." + key, "empty list: the grid has no points");
       for (const toml::node& v : *list) axis.values.push_back(&v);
     } else {
       axis.values.push_back(&node);
@@ -493,7 +521,8 @@ Sweep load_sweep_file(const std::string& path) {
     const toml::array* blocks = grid->as_array();
     if (!blocks || !blocks->is_array_of_tables())
       throw InputError::at(path, line_of(*grid), "grid", "expected [[grid]] blocks (an array of tables)");
-    if (blocks->empty()) throw InputError::at(path, line_of(*grid), "grid", "empty list: the sweep has no grid blocks");
+    if (blocks->empty())
+      throw InputError::at(path, line_of(*grid), "grid", "empty list: the sweep has no grid blocks");
     for (const toml::node& block_node : *blocks) {
       const toml::table& block = *block_node.as_table();
       std::vector<Axis> axes = grid_axes(path, block);
@@ -501,7 +530,8 @@ Sweep load_sweep_file(const std::string& path) {
       std::vector<std::size_t> index(axes.size(), 0);
       while (true) {
         Point point = base;
-        for (std::size_t a = 0; a < axes.size(); ++a) apply_grid_value(path, point, axes[a].key, *axes[a].values[index[a]]);
+        for (std::size_t a = 0; a < axes.size(); ++a)
+          apply_grid_value(path, point, axes[a].key, *axes[a].values[index[a]]);
         finish_point(path, point);
         if (passes_filters(point)) runs.push_back(expanded(point.config));
         std::size_t a = 0;
@@ -518,9 +548,17 @@ Sweep load_sweep_file(const std::string& path) {
   runs.erase(std::unique(runs.begin(), runs.end(),
                          [](const ExpandedRun& x, const ExpandedRun& y) { return x.run_key == y.run_key; }),
              runs.end());
-  if (runs.empty()) throw InputError(path + ": the sweep expands to no runs (every grid point was filtered out)");
+  if (runs.empty())
+    throw InputError(path + ": the sweep expands to no runs (every grid point was filtered out)");
   sweep.runs = std::move(runs);
   return sweep;
+}
+
+db::RunSpec to_run_spec(const ExpandedRun& run) {
+  const auto& m = run.config.model;
+  return db::RunSpec{run.run_key, run.canonical_json, run.n_act,  run.n_total, run.config.train.tokens,
+                     m.experts,   m.d_model,          m.n_layers, m.n_heads,   run.config.train.lr,
+                     run.flops};
 }
 
 std::int64_t parse_bytes(const std::string& text) {
@@ -534,8 +572,8 @@ std::int64_t parse_bytes(const std::string& text) {
   std::string unit = text.substr(used);
   unit.erase(0, unit.find_first_not_of(' '));
   static const std::map<std::string, double> kUnits = {
-      {"", 1},      {"B", 1},          {"KB", 1e3},       {"MB", 1e6},           {"GB", 1e9},
-      {"TB", 1e12}, {"KiB", 1024.0},   {"MiB", 1048576.0}, {"GiB", 1073741824.0}, {"TiB", 1099511627776.0},
+      {"", 1},      {"B", 1},        {"KB", 1e3},        {"MB", 1e6},           {"GB", 1e9},
+      {"TB", 1e12}, {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0}, {"TiB", 1099511627776.0},
   };
   auto it = kUnits.find(unit);
   if (it == kUnits.end() || !(value > 0))

@@ -1,12 +1,13 @@
 // The store: idempotent registration, attempts and heartbeats, the monitoring views, migrations, and
 // refusing files that are not ours.
+#include "moesweep/db/store.h"
+
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
 #include <filesystem>
 #include <fstream>
 
-#include "moesweep/db/store.h"
 #include "moesweep/input_error.h"
 
 namespace fs = std::filesystem;
@@ -28,7 +29,8 @@ class StoreTest : public ::testing::Test {
   void TearDown() override { fs::remove_all(dir_); }
   std::string db_path() const { return (dir_ / "sweep.db").string(); }
 
-  static RunSpec run(const std::string& key, std::int64_t n_act, std::int64_t tokens, std::int64_t experts = 1) {
+  static RunSpec run(const std::string& key, std::int64_t n_act, std::int64_t tokens,
+                     std::int64_t experts = 1) {
     RunSpec r;
     r.run_key = key;
     r.config_json = "{\"key\":\"" + key + "\"}";
@@ -110,7 +112,8 @@ TEST_F(StoreTest, StatusViewFollowsAnAttemptFromStartToDone) {
   ASSERT_EQ(finished.size(), 1u);
   EXPECT_EQ(finished[0].run_key, "a");
   EXPECT_DOUBLE_EQ(finished[0].final_loss, 2.9);
-  EXPECT_EQ(store.query("SELECT COUNT(*) FROM metrics WHERE attempt_id = " + std::to_string(attempt))[0][0], "2");
+  EXPECT_EQ(store.query("SELECT COUNT(*) FROM metrics WHERE attempt_id = " + std::to_string(attempt))[0][0],
+            "2");
 }
 
 TEST_F(StoreTest, SweepSummaryCountsComputeByState) {
@@ -164,8 +167,10 @@ TEST_F(StoreTest, MigratesAnOlderSchemaForwardKeepingItsRows) {
     EXPECT_TRUE(old.query("SELECT name FROM sqlite_master WHERE name='status'").empty());
     old.query("INSERT INTO sweeps(name, spec_path) VALUES ('s', 's.toml')");
     old.query(
-        "INSERT INTO runs(run_key, config_json, n_act, n_total, tokens, experts, d_model, n_layers, n_heads, lr, "
-        "flops, state, final_loss) VALUES ('old', '{}', 1000, 1000, 10000, 1, 64, 2, 4, 0.001, 6e7, 'done', 2.5)");
+        "INSERT INTO runs(run_key, config_json, n_act, n_total, tokens, experts, d_model, n_layers, n_heads, "
+        "lr, "
+        "flops, state, final_loss) VALUES ('old', '{}', 1000, 1000, 10000, 1, 64, 2, 4, 0.001, 6e7, 'done', "
+        "2.5)");
     old.query("INSERT INTO sweep_runs VALUES (1, 1)");
   }
   Store store = Store::open(db_path());

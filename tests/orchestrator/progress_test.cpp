@@ -1,12 +1,12 @@
 // The numbers `moesweep status` prints: compute progress and ETA from measured throughput.
-#include <gtest/gtest.h>
-
 #include "moesweep/orchestrator/progress.h"
+
+#include <gtest/gtest.h>
 
 namespace {
 
-moesweep::db::StatusRow row(const std::string& state, std::int64_t n_act, std::int64_t tokens, double progress,
-                            std::optional<double> tokens_per_s = std::nullopt) {
+moesweep::db::StatusRow row(const std::string& state, std::int64_t n_act, std::int64_t tokens,
+                            double progress, std::optional<double> tokens_per_s = std::nullopt) {
   moesweep::db::StatusRow r;
   r.state = state;
   r.n_act = n_act;
@@ -34,8 +34,9 @@ TEST(Progress, CountsComputeNotRuns) {
 TEST(Progress, NoEtaWithNothingRunningAndFailuresAreNotRemainingWork) {
   const auto idle = moesweep::orchestrator::summarize({row("pending", 100, 1000, 0.0)});
   EXPECT_FALSE(idle.eta_seconds.has_value());
-  const auto p = moesweep::orchestrator::summarize(
-      {row("running", 100, 1000, 0.0, 10.0), row("failed", 100, 1'000'000, 0.1), row("diverged", 100, 1'000'000, 0.0)});
+  const auto p = moesweep::orchestrator::summarize({row("running", 100, 1000, 0.0, 10.0),
+                                                    row("failed", 100, 1'000'000, 0.1),
+                                                    row("diverged", 100, 1'000'000, 0.0)});
   EXPECT_DOUBLE_EQ(*p.eta_seconds, 1000 / 10.0);
 }
 

@@ -1,4 +1,6 @@
 // Sweep and run files: expansion, filters, parameter counts, stable keys, and every class of bad input.
+#include "moesweep/orchestrator/sweep_spec.h"
+
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -12,7 +14,6 @@
 #include <sstream>
 
 #include "moesweep/input_error.h"
-#include "moesweep/orchestrator/sweep_spec.h"
 
 namespace fs = std::filesystem;
 using moesweep::InputError;
@@ -70,19 +71,23 @@ std::vector<std::string> keys(const Sweep& s) {
 }
 
 // The paper's own count: 13·d²·L + 2·d·V, computed here independently of the library.
-double paper_active_params(double d, double layers, double vocab) { return 13 * d * d * layers + 2 * d * vocab; }
+double paper_active_params(double d, double layers, double vocab) {
+  return 13 * d * d * layers + 2 * d * vocab;
+}
 
 TEST(PaperGrid, ExpandsToTheBlocksItDocumentsWithinTheIssuesRange) {
   const Sweep paper = load_sweep_file((kSource / "sweeps/paper.toml").string());
   EXPECT_GE(paper.runs.size(), 260u);
   EXPECT_LE(paper.runs.size(), 310u);
 
-  const std::vector<double> budgets = {0.5e9, 1e9, 2e9, 4e9, 8e9, 16e9, 32e9, 48e9, 64e9, 80e9, 96e9, 112e9, 128e9};
+  const std::vector<double> budgets = {0.5e9, 1e9,  2e9,  4e9,  8e9,   16e9, 32e9,
+                                       48e9,  64e9, 80e9, 96e9, 112e9, 128e9};
   struct Shape {
     int d, layers, heads, max_experts;
   };
-  const std::vector<Shape> shapes = {{512, 8, 8, 32},    {640, 10, 10, 32},  {768, 12, 12, 32}, {1024, 16, 16, 32},
-                                     {1280, 16, 10, 32}, {1408, 21, 11, 16}, {1664, 26, 26, 16}, {2304, 36, 36, 1}};
+  const std::vector<Shape> shapes = {{512, 8, 8, 32},    {640, 10, 10, 32},  {768, 12, 12, 32},
+                                     {1024, 16, 16, 32}, {1280, 16, 10, 32}, {1408, 21, 11, 16},
+                                     {1664, 26, 26, 16}, {2304, 36, 36, 1}};
   std::set<std::tuple<std::int64_t, std::int64_t, std::int64_t>> expected;  // (d_model, E, D)
   for (const Shape& s : shapes)
     for (int e = 1; e <= s.max_experts; e *= 2)
@@ -104,7 +109,8 @@ TEST(PaperGrid, ExpandsToTheBlocksItDocumentsWithinTheIssuesRange) {
 TEST(ParameterCounts, FollowThePapersFormulaWithTheGpt2Vocabulary) {
   const Sweep paper = load_sweep_file((kSource / "sweeps/paper.toml").string());
   std::map<std::pair<std::int64_t, std::int64_t>, std::pair<std::int64_t, std::int64_t>> counts;
-  for (const auto& r : paper.runs) counts[{r.config.model.d_model, r.config.model.experts}] = {r.n_act, r.n_total};
+  for (const auto& r : paper.runs)
+    counts[{r.config.model.d_model, r.config.model.experts}] = {r.n_act, r.n_total};
 
   auto active = [&](std::int64_t d, std::int64_t e) { return counts.at(std::make_pair(d, e)).first; };
   auto total = [&](std::int64_t d, std::int64_t e) { return counts.at(std::make_pair(d, e)).second; };
@@ -202,8 +208,9 @@ tokens = [10240]
 
 TEST_F(TempFiles, KeysFollowTheResolvedConfigNotHowItWasWritten) {
   auto sweep_with = [&](const std::string& name, const std::string& train) {
-    return load_sweep_file(write(name, std::string(kData) + "[train]\nbatch_tokens = 1024\nwarmup_tokens = 1024\ntokens = 10240\n" + train +
-                                           "\n[[grid]]\nshape = [{d_model = 32, n_layers = 2, n_heads = 2}]\n"));
+    return load_sweep_file(write(
+        name, std::string(kData) + "[train]\nbatch_tokens = 1024\nwarmup_tokens = 1024\ntokens = 10240\n" +
+                  train + "\n[[grid]]\nshape = [{d_model = 32, n_layers = 2, n_heads = 2}]\n"));
   };
   const Sweep automatic = sweep_with("auto.toml", "lr = \"auto\"");
   const double lr = automatic.runs[0].config.train.lr;
@@ -211,7 +218,8 @@ TEST_F(TempFiles, KeysFollowTheResolvedConfigNotHowItWasWritten) {
   std::snprintf(explicit_lr, sizeof explicit_lr, "lr = %.17g", lr);
   EXPECT_EQ(sweep_with("explicit.toml", explicit_lr).runs[0].run_key, automatic.runs[0].run_key);
   EXPECT_NE(sweep_with("seed.toml", "lr = \"auto\"\nseed = 1").runs[0].run_key, automatic.runs[0].run_key);
-  EXPECT_NE(sweep_with("tokens.toml", "lr = \"auto\"\neval_tokens = 4096").runs[0].run_key, automatic.runs[0].run_key);
+  EXPECT_NE(sweep_with("tokens.toml", "lr = \"auto\"\neval_tokens = 4096").runs[0].run_key,
+            automatic.runs[0].run_key);
 }
 
 TEST_F(TempFiles, FiltersDropTheRunsTheyName) {
@@ -261,7 +269,8 @@ warmup_tokens = 100_000
   EXPECT_DOUBLE_EQ(config.train.decay_fraction, 0.2);  // the recipe's default
 
   try {
-    load_run_file(write("with_grid.toml", std::string(kData) + "[train]\ntokens = 100000\n[[grid]]\nexperts = [1]\n"));
+    load_run_file(
+        write("with_grid.toml", std::string(kData) + "[train]\ntokens = 100000\n[[grid]]\nexperts = [1]\n"));
     FAIL() << "a run file with [[grid]] was accepted";
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("only sweep files have [grid]"), std::string::npos) << e.what();
@@ -294,7 +303,8 @@ TEST(BadInput, EveryFileFailsWithItsMessage) {
     } catch (const InputError& e) {
       const std::string message = e.what();
       EXPECT_NE(message.find(fragment), std::string::npos) << path << "\n  got: " << message;
-      EXPECT_NE(message.find(path.filename().string()), std::string::npos) << "message does not name the file";
+      EXPECT_NE(message.find(path.filename().string()), std::string::npos)
+          << "message does not name the file";
     }
   }
 }
@@ -316,6 +326,47 @@ TEST(BadInput, TheCommandLineExitsTwoWithOneLine) {
   const CommandResult no_db = run_command("status --db /nonexistent/sweep.db");
   EXPECT_EQ(no_db.status, 2);
   EXPECT_FALSE(fs::exists("/nonexistent/sweep.db"));
+}
+
+}  // namespace
+
+namespace {
+
+TEST_F(TempFiles, StatusShowsCountsComputeRunningRunsAndFailures) {
+  const Sweep smoke = load_sweep_file((kSource / "sweeps/smoke.toml").string());
+  const std::string db_path = (dir_ / "sweep.db").string();
+  {
+    auto store = moesweep::db::Store::open(db_path);
+    std::vector<moesweep::db::RunSpec> specs;
+    for (const auto& r : smoke.runs) specs.push_back(moesweep::orchestrator::to_run_spec(r));
+    store.register_sweep(smoke.name, "sweeps/smoke.toml", specs);
+    const auto running = store.start_attempt(smoke.runs[3].run_key, 2, 1, "node7");
+    store.record_heartbeats(
+        {{running, 12, smoke.runs[3].config.train.tokens / 2, 4.25, std::nullopt, 5000, 1e-3}});
+    const auto failed = store.start_attempt(smoke.runs[0].run_key, 1, 1, "node7");
+    store.finish_attempt(failed,
+                         {"failed", "exception", std::nullopt, std::nullopt, "shard checksum mismatch"});
+  }
+  const CommandResult text = run_command("status --db " + db_path);
+  ASSERT_EQ(text.status, 0) << text.err;
+  EXPECT_NE(text.out.find("runs: 4 — 1 running 2 pending 1 failed"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("ETA"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find(smoke.runs[3].run_key.substr(0, 12)), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("shard checksum mismatch"), std::string::npos) << text.out;
+
+  const CommandResult json = run_command("status --json --db " + db_path);
+  ASSERT_EQ(json.status, 0) << json.err;
+  const auto j = nlohmann::json::parse(json.out);
+  EXPECT_EQ(j["counts"]["pending"], 2);
+  EXPECT_EQ(j["runs_total"], 4);
+  double total = 0;
+  for (const auto& r : smoke.runs) total += r.flops;
+  EXPECT_DOUBLE_EQ(j["flops_total"].get<double>(), total);
+  EXPECT_NEAR(j["flops_done"].get<double>(), smoke.runs[3].flops / 2, 1.0);
+  // ETA = the remaining work at the running run's measured rate.
+  const double rate = 6.0 * static_cast<double>(smoke.runs[3].n_act) * 5000;
+  EXPECT_NEAR(j["eta_seconds"].get<double>(), (total - smoke.runs[0].flops - smoke.runs[3].flops / 2) / rate,
+              1e-6);
 }
 
 }  // namespace

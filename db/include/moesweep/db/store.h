@@ -89,8 +89,8 @@ struct Heartbeat {
 
 // How an attempt ended; `state` is the run's new state.
 struct AttemptEnd {
-  std::string state;         // done | failed | diverged | preempted | pending (requeued)
-  std::string exit_reason;   // free text kept on the attempt row ("completed", "heartbeat timeout", ...)
+  std::string state;        // done | failed | diverged | preempted | pending (requeued)
+  std::string exit_reason;  // free text kept on the attempt row ("completed", "heartbeat timeout", ...)
   std::optional<double> final_loss;        // done only
   std::optional<double> final_train_loss;  // done only
   std::string error;                       // failed/diverged: the one-line reason

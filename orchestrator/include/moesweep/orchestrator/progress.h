@@ -12,9 +12,9 @@ namespace moesweep::orchestrator {
 struct SweepProgress {
   std::map<std::string, std::int64_t> runs_by_state;  // every state present, with its count
   std::int64_t runs = 0;
-  double flops_done = 0;   // done runs in full, running ones up to their last heartbeat
+  double flops_done = 0;  // done runs in full, running ones up to their last heartbeat
   double flops_total = 0;
-  double flops_per_s = 0;  // Σ over running runs of 6·N_act·tokens/s
+  double flops_per_s = 0;             // Σ over running runs of 6·N_act·tokens/s
   std::optional<double> eta_seconds;  // remaining FLOPs / flops_per_s, when anything is running
 };
 

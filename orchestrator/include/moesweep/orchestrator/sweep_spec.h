@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "moesweep/db/store.h"
 #include "moesweep/trainer/run_config.h"
 
 namespace moesweep::orchestrator {
@@ -44,6 +45,9 @@ Sweep load_sweep_file(const std::string& path);
 // The canonical serialisation a run key hashes, and the key itself.
 std::string canonical_json(const trainer::RunConfig& config);
 std::string run_key_of(const trainer::RunConfig& config);
+
+// The row the store keeps for an expanded run.
+db::RunSpec to_run_spec(const ExpandedRun& run);
 
 // "80GB", "24GiB", "512MB", or a plain byte count → bytes. Throws InputError on anything else.
 std::int64_t parse_bytes(const std::string& text);
