@@ -1,0 +1,117 @@
+// moesweep fit (--csv FILE | --db FILE [--sweep NAME]) [--out DIR] [--heldout lowest-loss:10] [--json] ...:
+// fit the joint law to finished runs, check it on held-out runs, write fit.toml, report.md and plots.
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <optional>
+
+#include "commands.h"
+#include "moesweep/analysis/fit.h"
+#include "moesweep/analysis/report.h"
+#include "moesweep/input_error.h"
+
+namespace moesweep::cli {
+namespace {
+
+struct FitCommandOptions {
+  std::string csv;
+  std::string db;
+  std::string sweep;
+  std::string out;
+  std::string heldout = "lowest-loss:10";
+  analysis::FitOptions fit;
+  bool json = false;
+};
+
+// Progress on stderr: redrawn in place on a terminal, one line per finished stage otherwise.
+void show_progress(std::string_view stage, std::size_t done, std::size_t total) {
+  static const bool terminal = isatty(STDERR_FILENO) != 0;
+  if (terminal) {
+    std::fprintf(stderr, "\rfit: %-13.*s %zu/%zu%s", static_cast<int>(stage.size()), stage.data(), done,
+                 total, done == total ? "\n" : "");
+  } else if (done == total) {
+    std::fprintf(stderr, "fit: %.*s %zu/%zu done\n", static_cast<int>(stage.size()), stage.data(), done,
+                 total);
+  }
+}
+
+void print_summary(const analysis::FitResult& fit, const std::string& out) {
+  const bool dense = fit.coefficients.form == analysis::LawForm::dense;
+  std::printf("%s fit, %zu train runs, %zu held out; %zu/%zu polished starts converged; %.1f s\n",
+              dense ? "Dense-only (Chinchilla form: no expert terms)" : "Joint", fit.train.n,
+              fit.heldout_errors.n, fit.converged_starts, fit.polished, fit.seconds);
+  const auto values = analysis::to_array(fit.coefficients);
+  for (std::size_t i = 0; i < analysis::kCoefficientCount; ++i) {
+    std::printf("  %-8s %12.6g", std::string(analysis::kCoefficientNames[i]).c_str(), values[i]);
+    if (!fit.coefficient_intervals.empty())
+      std::printf("   90%% [%.4g, %.4g]", fit.coefficient_intervals[i].low,
+                  fit.coefficient_intervals[i].high);
+    std::printf("\n");
+  }
+  std::printf("train:    RMSE(ln L) %.5f, max |L - L^| %.4f (n = %zu)\n", fit.train.rmse_log,
+              fit.train.max_abs_error, fit.train.n);
+  if (fit.heldout_errors.n > 0)
+    std::printf("held out: RMSE(ln L) %.5f, max |L - L^| %.4f (n = %zu)\n", fit.heldout_errors.rmse_log,
+                fit.heldout_errors.max_abs_error, fit.heldout_errors.n);
+  if (!out.empty()) std::printf("wrote %s/fit.toml and %s/report.md\n", out.c_str(), out.c_str());
+}
+
+void run_fit(FitCommandOptions& opt) {
+  if (opt.csv.empty() == opt.db.empty()) throw InputError("fit: give exactly one of --csv FILE or --db FILE");
+  if (!opt.sweep.empty() && opt.db.empty()) throw InputError::at("--sweep", 0, "", "only applies to --db");
+  opt.fit.heldout = analysis::parse_heldout_rule(opt.heldout);
+  const std::string source = opt.csv.empty() ? opt.db : opt.csv;
+  const std::vector<analysis::Run> runs =
+      opt.csv.empty()
+          ? analysis::read_runs_db(opt.db, opt.sweep.empty() ? std::nullopt : std::optional(opt.sweep))
+          : analysis::read_runs_csv(opt.csv);
+  opt.fit.progress = show_progress;
+  analysis::FitResult fit;
+  try {
+    fit = analysis::fit_law(runs, opt.fit);
+  } catch (const InputError& e) {
+    throw InputError(source + ": " + e.what());
+  }
+  // Only a converged fit reaches this point, so a report on disk is always a real one.
+  if (!opt.out.empty())
+    for (const std::string& warning : analysis::write_fit_report(opt.out, fit, runs, opt.fit, source))
+      std::fprintf(stderr, "moesweep: warning: %s\n", warning.c_str());
+  if (opt.json)
+    std::cout << analysis::fit_json(fit, runs, opt.fit, source).dump(2) << "\n";
+  else
+    print_summary(fit, opt.out);
+}
+
+}  // namespace
+
+void add_fit(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "fit", "Fit the joint scaling law to finished runs, with a held-out extrapolation check");
+  auto opt = std::make_shared<FitCommandOptions>();
+  cmd->add_option("--csv", opt->csv, "Runs as CSV with the header n_act,tokens,experts,loss");
+  cmd->add_option("--db", opt->db, "Sweep database: fit its finished runs");
+  cmd->add_option("--sweep", opt->sweep, "With --db: only this sweep's runs");
+  cmd->add_option("--out", opt->out, "Write fit.toml, report.md and the plots here");
+  cmd->add_option("--heldout", opt->heldout, "Held-out runs: lowest-loss:K, top-compute:K or largest-n:K")
+      ->capture_default_str();
+  cmd->add_option("--huber-delta", opt->fit.huber_delta, "Huber loss threshold on ln L")
+      ->capture_default_str();
+  cmd->add_option("--starts", opt->fit.starts,
+                  "Grid starting points (all 3^9 = 19683 by default; fewer = a spread subset)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--bootstrap", opt->fit.bootstrap, "Bootstrap refits for the 90% intervals (0 = none)")
+      ->capture_default_str();
+  cmd->add_option("--seed", opt->fit.seed, "Bootstrap resampling seed")->capture_default_str();
+  cmd->add_option("--threads", opt->fit.threads, "Threads (default: every hardware thread)");
+  cmd->add_option("--headline-flops", opt->fit.headline_flops,
+                  "Budget of the compute-optimal answers in the report")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_flag("--json", opt->json, "Print the fit as JSON on stdout");
+  cmd->callback([opt] { run_fit(*opt); });
+}
+
+}  // namespace moesweep::cli
