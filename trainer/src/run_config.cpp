@@ -10,7 +10,9 @@ std::int64_t vocab_size_of(const std::string& tokenizer) {
   return 0;
 }
 
-std::int64_t non_embedding_active_params(const ModelConfig& m) { return 13 * m.d_model * m.d_model * m.n_layers; }
+std::int64_t non_embedding_active_params(const ModelConfig& m) {
+  return 13 * m.d_model * m.d_model * m.n_layers;
+}
 
 std::int64_t active_params(const ModelConfig& m) {
   return non_embedding_active_params(m) + 2 * m.d_model * m.vocab_size;

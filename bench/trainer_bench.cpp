@@ -1,0 +1,240 @@
+// Trainer throughput: tokens/s and model FLOP utilisation of the native trainer for a fixed ladder of
+// shapes at E = 1 and E = 8, side by side with the same model and step in PyTorch eager
+// (bench/trainer_bench.py, run with the same thread count). Prints figures; never passes or fails.
+//
+//   trainer_bench [--device cpu|cuda] [--threads N] [--steps S] [--warmup W] [--peak-tflops P]
+//                 [--no-python | --python INTERPRETER]
+//
+// MFU = tokens/s · (6·N_act + 6·n_layers·seq_len·d_model) / peak. The peak is stated with the figures:
+// on CUDA the H100 SXM dense bf16 peak (989 TFLOP/s) unless --peak-tflops says otherwise; on CPU the
+// fp32 GEMM throughput this machine measures (2048² matmul, same threads), since a CPU's paper peak
+// depends on clocks and vector units that LibTorch does not report.
+#include <torch/torch.h>
+#include <torch/version.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "moesweep/trainer/data.h"
+#include "moesweep/trainer/trainer.h"
+
+namespace {
+
+using moesweep::trainer::RunConfig;
+using Clock = std::chrono::steady_clock;
+
+struct Shape {
+  std::int64_t d_model, n_layers, n_heads, seq_len, batch_sequences;
+  std::string tokenizer;
+};
+
+struct Options {
+  std::string device = "cpu";
+  int threads = static_cast<int>(std::thread::hardware_concurrency());
+  int steps = 6;
+  int warmup = 2;
+  double peak_tflops = 0;  // 0: the default for the device
+  bool python = true;
+  std::string python_interpreter = "/usr/bin/python3";  // Debian's, where python3-torch installs
+};
+
+// Times the steps after the warm-up ones, from the progress callbacks.
+class StepTimer final : public moesweep::trainer::TrainingObserver {
+ public:
+  explicit StepTimer(int warmup) : warmup_(warmup) {}
+  void on_progress(const moesweep::trainer::Progress& p) override {
+    if (p.step == warmup_) {
+      start_ = Clock::now();
+      start_tokens_ = p.tokens;
+    }
+    end_ = Clock::now();
+    end_tokens_ = p.tokens;
+  }
+  double tokens_per_s() const {
+    return static_cast<double>(end_tokens_ - start_tokens_) /
+           std::chrono::duration<double>(end_ - start_).count();
+  }
+
+ private:
+  int warmup_;
+  Clock::time_point start_, end_;
+  std::int64_t start_tokens_ = 0, end_tokens_ = 0;
+};
+
+RunConfig run_config(const Shape& shape, std::int64_t experts, const Options& options,
+                     const std::filesystem::path& dir) {
+  RunConfig c;
+  c.data.tokenizer = shape.tokenizer;
+  c.data.train = (dir / (shape.tokenizer + ".bin")).string();
+  c.data.val = c.data.train;
+  c.model.d_model = shape.d_model;
+  c.model.n_layers = shape.n_layers;
+  c.model.n_heads = shape.n_heads;
+  c.model.experts = experts;
+  c.model.seq_len = shape.seq_len;
+  c.model.vocab_size = moesweep::trainer::vocab_size_of(shape.tokenizer);
+  c.train.batch_tokens = shape.batch_sequences * shape.seq_len;
+  c.train.tokens = (options.steps + options.warmup) * c.train.batch_tokens;
+  c.train.lr = 1e-3;
+  c.train.warmup_tokens = 0;
+  c.train.eval_tokens = shape.seq_len;
+  c.train.checkpoint_every_tokens = 0;
+  return c;
+}
+
+// Dense fp32 GEMM throughput of this machine with the benchmark's thread count (TFLOP/s).
+double measured_cpu_peak_tflops() {
+  const auto a = torch::randn({2048, 2048}), b = torch::randn({2048, 2048});
+  torch::mm(a, b);
+  const auto start = Clock::now();
+  const int repeats = 5;
+  for (int i = 0; i < repeats; ++i) torch::mm(a, b);
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return repeats * 2.0 * 2048.0 * 2048.0 * 2048.0 / seconds / 1e12;
+}
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown CPU";
+}
+
+std::string shape_key(const Shape& s, std::int64_t experts) {
+  return std::to_string(s.d_model) + "," + std::to_string(s.n_layers) + "," + std::to_string(s.n_heads) +
+         "," + std::to_string(experts) + "," + std::to_string(s.seq_len) + "," +
+         std::to_string(s.batch_sequences) + "," +
+         std::to_string(moesweep::trainer::vocab_size_of(s.tokenizer));
+}
+
+// tokens/s of the PyTorch-eager side by shape key; empty when python3-torch is unavailable.
+std::map<std::string, double> python_tokens_per_s(const std::vector<std::string>& keys,
+                                                  const Options& options) {
+  std::string command = options.python_interpreter + " " MOESWEEP_BENCH_DIR "/trainer_bench.py --threads " +
+                        std::to_string(options.threads) + " --steps " + std::to_string(options.steps) +
+                        " --warmup " + std::to_string(options.warmup);
+  for (const auto& key : keys) command += " " + key;
+  command += " 2>&1";
+  std::map<std::string, double> rates;
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
+  if (!pipe) return rates;
+  char buffer[4096];
+  std::string output;
+  while (std::fgets(buffer, sizeof buffer, pipe.get()) != nullptr) {
+    const std::string line = buffer;
+    const auto parsed = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (parsed.is_object() && parsed.contains("tokens_per_s")) {
+      rates[parsed["shape"].get<std::string>()] = parsed["tokens_per_s"].get<double>();
+    } else {
+      output += line;
+    }
+  }
+  if (rates.empty())
+    std::printf("PyTorch eager side unavailable (apt-get install python3-torch):\n%s\n", output.c_str());
+  return rates;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"moesweep trainer benchmark: tokens/s and MFU, native vs PyTorch eager"};
+  Options options;
+  app.add_option("--device", options.device, "cpu or cuda")->capture_default_str();
+  app.add_option("--threads", options.threads, "intra-op threads, both sides")->capture_default_str();
+  app.add_option("--steps", options.steps, "timed steps per shape")->capture_default_str();
+  app.add_option("--warmup", options.warmup, "untimed steps first")->capture_default_str();
+  app.add_option("--peak-tflops", options.peak_tflops,
+                 "device peak for MFU (default: see the header comment)");
+  app.add_flag("!--no-python", options.python, "skip the PyTorch eager comparison");
+  app.add_option("--python", options.python_interpreter, "interpreter with torch for the comparison")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  torch::set_num_threads(options.threads);
+  const bool cuda = options.device.rfind("cuda", 0) == 0;
+  // CPU: small shapes with the byte vocabulary (a step takes about a second on two cores).
+  // CUDA: the d_model 512, 8 layers with GPT-2's vocabulary, in bf16.
+  const std::vector<Shape> ladder =
+      cuda ? std::vector<Shape>{{512, 8, 8, 512, 64, "gpt2"}}
+           : std::vector<Shape>{
+                 {64, 2, 4, 128, 16, "byte"}, {128, 4, 4, 128, 16, "byte"}, {256, 4, 8, 128, 16, "byte"}};
+  const double peak = options.peak_tflops > 0 ? options.peak_tflops
+                      : cuda                  ? 989.0
+                                              : measured_cpu_peak_tflops();
+
+  std::printf("machine: %s, %u hardware threads; device %s; LibTorch %s; %d intra-op threads\n",
+              cpu_model().c_str(), std::thread::hardware_concurrency(), options.device.c_str(), TORCH_VERSION,
+              options.threads);
+  std::printf("peak for MFU: %.3f TFLOP/s (%s)\n", peak,
+              options.peak_tflops > 0 ? "given"
+              : cuda                  ? "H100 SXM dense bf16"
+                                      : "measured fp32 2048² GEMM");
+  std::printf("%d timed steps after %d warm-up steps per shape\n\n", options.steps, options.warmup);
+
+  const auto dir = std::filesystem::temp_directory_path() / ("moesweep-bench-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  for (const auto* tokenizer : {"byte", "gpt2"}) {
+    const auto vocab = moesweep::trainer::vocab_size_of(tokenizer);
+    std::vector<std::uint16_t> tokens(1 << 20);
+    for (std::size_t i = 0; i < tokens.size(); ++i)
+      tokens[i] = static_cast<std::uint16_t>((i * 2654435761u >> 7) % vocab);
+    moesweep::trainer::write_shard(dir / (std::string(tokenizer) + ".bin"), tokenizer, tokens);
+  }
+
+  struct Row {
+    std::string key;
+    Shape shape;
+    std::int64_t experts, n_act;
+    double tokens_per_s, mfu;
+  };
+  std::vector<Row> rows;
+  for (const auto& shape : ladder) {
+    for (const std::int64_t experts : {1, 8}) {
+      const auto config = run_config(shape, experts, options, dir);
+      moesweep::trainer::TrainOptions train_options;
+      train_options.device = options.device;
+      train_options.threads = options.threads;
+      StepTimer timer(options.warmup);
+      moesweep::trainer::train(config, train_options, timer);
+      const auto n_act = moesweep::trainer::active_params(config.model);
+      const double flops_per_token =
+          6.0 * static_cast<double>(n_act) +
+          6.0 * static_cast<double>(shape.n_layers * shape.seq_len * shape.d_model);
+      rows.push_back({shape_key(shape, experts), shape, experts, n_act, timer.tokens_per_s(),
+                      timer.tokens_per_s() * flops_per_token / (peak * 1e12)});
+    }
+  }
+  std::filesystem::remove_all(dir);
+
+  std::map<std::string, double> python;
+  if (options.python && !cuda) {
+    std::vector<std::string> keys;
+    for (const auto& row : rows) keys.push_back(row.key);
+    python = python_tokens_per_s(keys, options);
+  }
+  std::printf("%7s %6s %5s %7s %6s %3s %9s %12s %7s %12s %8s\n", "d_model", "layers", "heads", "seq_len",
+              "batch", "E", "N_act", "native tok/s", "MFU", "python tok/s", "C++/py");
+  for (const auto& row : rows) {
+    std::printf("%7lld %6lld %5lld %7lld %6lld %3lld %9lld %12.0f %6.2f%%",
+                static_cast<long long>(row.shape.d_model), static_cast<long long>(row.shape.n_layers),
+                static_cast<long long>(row.shape.n_heads), static_cast<long long>(row.shape.seq_len),
+                static_cast<long long>(row.shape.batch_sequences), static_cast<long long>(row.experts),
+                static_cast<long long>(row.n_act), row.tokens_per_s, 100.0 * row.mfu);
+    if (const auto it = python.find(row.key); it != python.end()) {
+      std::printf(" %12.0f %8.2f\n", it->second, row.tokens_per_s / it->second);
+    } else {
+      std::printf(" %12s %8s\n", "-", "-");
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,240 @@
+// The model, the schedule and the training loop: parameter counts, capacity dropping, learning-rate
+// shape, training, bit-identical resume, torn and foreign checkpoints, divergence, bad shards.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+
+#include "moesweep/input_error.h"
+#include "moesweep/trainer/data.h"
+#include "moesweep/trainer/model.h"
+#include "moesweep/trainer/trainer.h"
+#include "training_fixture.h"
+
+namespace moesweep::trainer {
+namespace {
+
+using testing::HasSubstr;
+
+TEST(Model, ParameterCountsMatchThePapersFormula) {
+  for (const auto& [d, layers, experts, tokenizer] : std::vector<std::tuple<int, int, int, std::string>>{
+           {32, 2, 1, "byte"}, {64, 2, 8, "byte"}, {64, 1, 4, "gpt2"}}) {
+    ModelConfig m;
+    m.d_model = d;
+    m.n_layers = layers;
+    m.n_heads = 4;
+    m.experts = experts;
+    m.seq_len = 16;
+    m.vocab_size = vocab_size_of(tokenizer);
+    MoeTransformer model(m);
+    EXPECT_EQ(counted_total_params(*model), total_params(m)) << "d=" << d << " E=" << experts;
+    EXPECT_EQ(counted_active_params(*model), active_params(m)) << "d=" << d << " E=" << experts;
+  }
+}
+
+TEST(Model, InitialisationIsTruncatedNormalScaledByFanIn) {
+  ModelConfig m;
+  m.d_model = 64;
+  m.experts = 2;
+  torch::manual_seed(0);
+  MoeTransformer model(m);
+  for (const auto& item : model->named_parameters()) {
+    if (item.key().find("norm") != std::string::npos) continue;
+    const auto fan_in = item.key().find("expert_down") != std::string::npos ? 3 * m.d_model : m.d_model;
+    const double std = std::sqrt(0.1 / static_cast<double>(fan_in));
+    EXPECT_LE(item.value().abs().max().item<double>(), 2.0 * std + 1e-7) << item.key();
+    // A normal truncated at ±2σ has standard deviation 0.88σ.
+    EXPECT_NEAR(item.value().std().item<double>(), 0.88 * std, 0.1 * std) << item.key();
+  }
+}
+
+TEST(Routing, OverflowKeepsTheMostProbableTokens) {
+  // Expert 0 gets four tokens but holds two: it keeps the two with the highest probability (0.9, 0.8).
+  const auto expert = torch::tensor({0, 0, 0, 1, 0, 1}, torch::kLong).unsqueeze(0);
+  const auto probability = torch::tensor({0.5, 0.9, 0.7, 0.6, 0.8, 0.55}, torch::kFloat).unsqueeze(0);
+  const auto routing = route_top1(expert, probability, 2, 2);
+  EXPECT_TRUE(torch::equal(routing.position[0], torch::tensor({3, 0, 2, 0, 1, 1}, torch::kLong)));
+  EXPECT_TRUE(torch::equal(routing.kept[0], torch::tensor({false, true, false, true, true, true})));
+}
+
+TEST(Routing, TiesGoToTheEarlierPositionAndGroupsAreIndependent) {
+  const auto expert = torch::tensor({{1, 1, 1}, {1, 0, 1}}, torch::kLong);
+  const auto probability = torch::full({2, 3}, 0.5);
+  const auto routing = route_top1(expert, probability, 2, 1);
+  EXPECT_TRUE(torch::equal(routing.kept, torch::tensor({{true, false, false}, {true, true, false}})));
+}
+
+TEST(Model, DroppedTokensChangeTheOutputAndAmpleCapacityDropsNone) {
+  ModelConfig m;
+  m.d_model = 32;
+  m.experts = 4;
+  m.seq_len = 32;
+  torch::manual_seed(0);
+  MoeTransformer model(m);
+  torch::NoGradGuard no_grad;
+  const auto tokens = torch::randint(0, 256, {3, 32}, torch::kLong);
+  // Capacity is capped at seq_len, so factors E and 2E both keep every token: identical outputs.
+  const auto ample = model->forward(tokens, 4.0).logits;
+  EXPECT_TRUE(torch::equal(ample, model->forward(tokens, 8.0).logits));
+  // A factor of 0.25 holds 2 tokens per expert and sequence: most tokens skip the feed-forward.
+  EXPECT_FALSE(torch::allclose(ample, model->forward(tokens, 0.25).logits));
+}
+
+TEST(Model, AuxiliaryLossesHaveTheSwitchScale) {
+  ModelConfig m;
+  m.d_model = 32;
+  m.n_layers = 3;
+  m.experts = 4;
+  torch::manual_seed(0);
+  MoeTransformer model(m);
+  const auto out = model->forward(torch::randint(0, 256, {2, 16}, torch::kLong), 1.0);
+  // Balance loss per layer is ≥ 1 (1 when perfectly balanced); near-uniform routers at init give ≈ 1.
+  EXPECT_GE(out.balance_loss.item<double>(), 3.0 - 1e-4);
+  EXPECT_LT(out.balance_loss.item<double>(), 3.0 * 1.5);
+  // Router logits start small (std ≈ 0.3), so logsumexp is a little above ln E in each layer.
+  EXPECT_GT(out.z_loss.item<double>(), 0.8 * 3.0 * std::pow(std::log(4.0), 2));
+  EXPECT_LT(out.z_loss.item<double>(), 3.0 * std::pow(std::log(4.0) + 0.3, 2));
+}
+
+TEST(Schedule, WarmsUpHoldsAndDecaysLinearlyToZero) {
+  TrainConfig t;
+  t.tokens = 1000;
+  t.lr = 1e-3;
+  t.warmup_tokens = 100;
+  t.decay_fraction = 0.2;
+  EXPECT_NEAR(learning_rate_at(t, 0, 10), 1e-4, 1e-12);  // 10 of 100 warm-up tokens
+  EXPECT_NEAR(learning_rate_at(t, 40, 10), 5e-4, 1e-12);
+  EXPECT_DOUBLE_EQ(learning_rate_at(t, 90, 10), 1e-3);     // warm-up done
+  EXPECT_DOUBLE_EQ(learning_rate_at(t, 500, 10), 1e-3);    // constant
+  EXPECT_DOUBLE_EQ(learning_rate_at(t, 800, 10), 1e-3);    // decay starts at 80%
+  EXPECT_NEAR(learning_rate_at(t, 900, 10), 5e-4, 1e-12);  // halfway down
+  EXPECT_NEAR(learning_rate_at(t, 990, 10), 5e-5, 1e-12);  // last step still moves
+  EXPECT_DOUBLE_EQ(learning_rate_at(t, 1000, 10), 0.0);
+}
+
+TEST(Schedule, BatchRampFollowsThePaper) {
+  RunConfig c;
+  c.model.seq_len = 512;
+  c.train.batch_tokens = 512 * 512;
+  EXPECT_EQ(batch_sequences_at(c, 0), 512);
+  c.train.batch_ramp = true;
+  EXPECT_EQ(batch_sequences_at(c, 0), 128);
+  EXPECT_EQ(batch_sequences_at(c, 499'999'999), 128);
+  EXPECT_EQ(batch_sequences_at(c, 500'000'000), 256);
+  EXPECT_EQ(batch_sequences_at(c, 1'000'000'000), 512);
+}
+
+class Training : public TrainingFixture {};
+
+TEST_F(Training, LearnsAndReportsWhatTheCommandPrints) {
+  RecordingObserver observer;
+  const auto result = train(config(), options("learns"), observer);
+  ASSERT_EQ(result.outcome, Outcome::completed) << result.message;
+  EXPECT_EQ(result.steps, 40);
+  EXPECT_EQ(result.tokens, 40 * 256);
+  EXPECT_EQ(result.n_act, active_params(config().model));
+  EXPECT_EQ(result.n_total, total_params(config().model));
+  ASSERT_EQ(observer.progress.size(), 40u);
+  EXPECT_GT(observer.progress.front().train_loss, 5.0);  // ≈ ln 256 at init
+  EXPECT_LT(result.eval_loss, 2.5);                      // the synthetic text is very predictable
+  EXPECT_LT(result.train_loss, 2.5);
+  EXPECT_GT(result.tokens_per_s, 0.0);
+  EXPECT_EQ(observer.checkpoints, (std::vector<std::int64_t>{10, 20, 30, 40}));
+}
+
+TEST_F(Training, ResumedRunEndsBitIdenticalToAnUninterruptedOne) {
+  RecordingObserver straight_observer;
+  const auto straight = train(config(), options("straight"), straight_observer);
+  ASSERT_EQ(straight.outcome, Outcome::completed);
+
+  RecordingObserver interrupted_observer;
+  interrupted_observer.stop_at_step = 13;  // between two periodic checkpoints
+  const auto interrupted = train(config(), options("resumed"), interrupted_observer);
+  ASSERT_EQ(interrupted.outcome, Outcome::stopped);
+  EXPECT_EQ(interrupted.steps, 13);
+  EXPECT_EQ(interrupted_observer.checkpoints, (std::vector<std::int64_t>{10, 13}));
+
+  RecordingObserver resumed_observer;
+  auto resume = options("resumed");
+  resume.resume = true;
+  const auto resumed = train(config(), resume, resumed_observer);
+  ASSERT_EQ(resumed.outcome, Outcome::completed);
+  EXPECT_EQ(resumed.resumed_from_step, 13);
+  EXPECT_EQ(resumed.steps, 40);
+  EXPECT_EQ(std::memcmp(&resumed.eval_loss, &straight.eval_loss, sizeof(double)), 0)
+      << resumed.eval_loss << " vs " << straight.eval_loss;
+  EXPECT_EQ(resumed.train_loss, straight.train_loss);
+}
+
+TEST_F(Training, TornNewestCheckpointFallsBackToThePreviousOneWithAWarning) {
+  RecordingObserver first;
+  const auto straight = train(config(), options("torn"), first);
+  ASSERT_EQ(straight.outcome, Outcome::completed);
+  const auto newest = dir() / "torn" / "ckpt-000000000040.pt";
+  ASSERT_TRUE(std::filesystem::exists(newest));
+  EXPECT_FALSE(std::filesystem::exists(dir() / "torn" / "ckpt-000000000020.pt"));  // only two are kept
+  std::filesystem::resize_file(newest, std::filesystem::file_size(newest) / 2);
+
+  RecordingObserver observer;
+  auto resume = options("torn");
+  resume.resume = true;
+  const auto resumed = train(config(), resume, observer);
+  EXPECT_EQ(resumed.resumed_from_step, 30);
+  ASSERT_EQ(observer.warnings.size(), 1u);
+  EXPECT_THAT(observer.warnings[0], HasSubstr("torn"));
+  EXPECT_EQ(resumed.eval_loss, straight.eval_loss);
+}
+
+TEST_F(Training, CheckpointOfAnotherConfigIsRejected) {
+  RecordingObserver observer;
+  observer.stop_at_step = 2;
+  ASSERT_EQ(train(config(), options("foreign"), observer).outcome, Outcome::stopped);
+  auto other = config();
+  other.train.lr *= 2;
+  auto resume = options("foreign");
+  resume.resume = true;
+  RecordingObserver second;
+  try {
+    train(other, resume, second);
+    FAIL() << "resumed from another config's checkpoint";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("another run config"));
+    EXPECT_THAT(e.what(), HasSubstr("train.lr"));
+  }
+}
+
+TEST_F(Training, HugeLearningRateDivergesAsAnOutcome) {
+  auto c = config();
+  c.train.lr = 1e30;
+  c.train.warmup_tokens = 0;
+  RecordingObserver observer;
+  const auto result = train(c, options(), observer);
+  EXPECT_EQ(result.outcome, Outcome::diverged);
+  EXPECT_THAT(result.message, HasSubstr("at step"));
+  EXPECT_LT(result.steps, 40);
+  EXPECT_TRUE(std::isnan(result.eval_loss));
+}
+
+TEST_F(Training, ShardOfAnotherTokenizerOrMissingIsBadInput) {
+  auto c = config();
+  c.data.tokenizer = "gpt2";
+  c.model.vocab_size = 50257;
+  RecordingObserver observer;
+  try {
+    train(c, options(), observer);
+    FAIL() << "trained a gpt2 run on a byte shard";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("byte tokenizer"));
+  }
+  c = config();
+  c.data.val = (dir() / "missing.bin").string();
+  EXPECT_THROW(train(c, options(), observer), InputError);
+  c = config();
+  c.model.vocab_size = 1000;  // larger than the byte tokenizer's vocabulary
+  EXPECT_THROW(train(c, options(), observer), InputError);
+}
+
+}  // namespace
+}  // namespace moesweep::trainer

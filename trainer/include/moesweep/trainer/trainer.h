@@ -1,0 +1,88 @@
+#pragma once
+// The native trainer: trains one RunConfig and reports through TrainingObserver. It knows nothing of
+// sweeps or databases.
+//
+// Determinism: on CPU the training and evaluation kernels are deterministic for a fixed number of
+// intra-op threads, data windows are a pure function of (seed, step), and a checkpoint holds the
+// exact parameters, AdamW state and RNG state, so a resumed run ends with a bit-identical eval_loss
+// to an uninterrupted one *run with the same thread count* (TrainOptions::threads; the default is
+// LibTorch's, the number of cores). CUDA runs are reproducible only within float tolerance.
+//
+// Data parallelism: with an MPI communicator of k ranks, each rank takes a disjoint slice of the
+// global batch's sequences; gradients (already scaled by each rank's share of the batch) are summed
+// with one all-reduce (NCCL for CUDA tensors when built with it, MPI otherwise), so the update equals
+// the single-rank one within float tolerance. Routing capacity and the balance loss are computed per
+// sequence, which is what makes the split irrelevant. Rank 0 writes the checkpoints.
+#include <mpi.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "moesweep/trainer/run_config.h"
+
+namespace moesweep::trainer {
+
+struct Progress {
+  std::int64_t step = 0;      // optimizer steps done
+  std::int64_t tokens = 0;    // training tokens consumed (all ranks)
+  double train_loss = 0.0;    // this step's language-model loss (nats/token, global batch)
+  double lr = 0.0;            // learning rate of this step
+  double tokens_per_s = 0.0;  // since this process started training
+  double eta_seconds = 0.0;   // to the end of training at that rate
+};
+
+class TrainingObserver {
+ public:
+  virtual ~TrainingObserver() = default;
+  virtual void on_progress(const Progress& progress) {}
+  virtual void on_checkpoint(std::int64_t step, std::int64_t tokens, const std::filesystem::path& path) {}
+  // Non-fatal problems, e.g. a torn newest checkpoint skipped in favour of the previous one.
+  virtual void on_warning(const std::string& message) {}
+  // Polled once per step; true makes the trainer checkpoint and return Outcome::stopped (preemption).
+  virtual bool stop_requested() { return false; }
+};
+
+struct TrainOptions {
+  std::filesystem::path checkpoint_dir;   // empty: no checkpoints, and --resume is an error
+  bool resume = false;                    // continue from the newest valid checkpoint, if any
+  MPI_Comm communicator = MPI_COMM_NULL;  // data-parallel group (MPI must be initialised); null: one rank
+  std::string device = "cpu";             // "cpu", "cuda", "cuda:1", ... (CUDA trains in bf16)
+  int threads = 0;                        // intra-op threads; 0 keeps LibTorch's default
+};
+
+enum class Outcome { completed, stopped, diverged };
+const char* to_string(Outcome outcome);
+
+struct Result {
+  Outcome outcome = Outcome::completed;
+  double eval_loss = 0.0;   // final eval with eval_capacity_factor (NaN unless completed)
+  double train_loss = 0.0;  // last step's language-model loss
+  std::int64_t tokens = 0;
+  std::int64_t steps = 0;
+  std::int64_t n_act = 0;
+  std::int64_t n_total = 0;
+  double tokens_per_s = 0.0;
+  double seconds = 0.0;                // wall time of this process's training and eval
+  std::int64_t resumed_from_step = 0;  // 0: started fresh
+  std::string message;                 // for diverged: what and where
+};
+
+// Trains `config` to completion, to a stop request or to divergence. Bad input (missing or corrupt
+// shards, a shard from another tokenizer, a checkpoint of another config, an invalid config) throws
+// InputError; divergence is an outcome, not an exception.
+Result train(const RunConfig& config, const TrainOptions& options, TrainingObserver& observer);
+
+// Throws InputError when the config cannot be trained (shapes, batch, token counts).
+void validate(const RunConfig& config);
+
+// The learning rate of the step that starts after `tokens_done` tokens and consumes `batch_tokens`:
+// linear warm-up over warmup_tokens, constant, then linear decay to 0 over the final decay_fraction
+// of train.tokens.
+double learning_rate_at(const TrainConfig& train, std::int64_t tokens_done, std::int64_t batch_tokens);
+
+// Sequences per global batch at `tokens_done`: batch_tokens / seq_len, or with batch_ramp the paper's
+// ramp (a quarter of it until 0.5B tokens, half until 1B tokens, then all of it).
+std::int64_t batch_sequences_at(const RunConfig& config, std::int64_t tokens_done);
+
+}  // namespace moesweep::trainer

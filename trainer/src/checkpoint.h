@@ -1,0 +1,41 @@
+#pragma once
+// Checkpoint files (internal to the trainer). One file per checkpoint, ckpt-<step>.pt:
+//   "MOESCKPT", u32 version, u32 zero, u64 step, u64 tokens, u64 config bytes, u64 payload bytes,
+//   u64 checksum64(config ‖ payload), then the run's canonical config text, then a LibTorch archive
+//   with the model, the AdamW state and the CPU RNG state.
+// Written atomically (temp, fsync, rename); the newest two are kept so that a torn newest one falls
+// back to the previous one.
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "moesweep/trainer/model.h"
+
+namespace moesweep::trainer {
+
+struct CheckpointPosition {
+  std::int64_t step = 0;
+  std::int64_t tokens = 0;
+};
+
+// Writes dir/ckpt-<step>.pt and deletes all but the newest two checkpoints. Returns the path.
+std::filesystem::path save_checkpoint(const std::filesystem::path& dir, const CheckpointPosition& position,
+                                      const std::string& config_text, MoeTransformerImpl& model,
+                                      torch::optim::Optimizer& optimizer);
+
+struct LoadedCheckpoint {
+  std::filesystem::path path;
+  CheckpointPosition position;
+};
+
+// Loads the newest valid checkpoint in `dir` into model and optimizer (and restores the RNG state).
+// Torn or unreadable files are skipped with a warning; none at all gives nullopt. A valid checkpoint
+// of another config is an InputError, as is a directory whose checkpoints are all torn.
+std::optional<LoadedCheckpoint> load_latest_checkpoint(const std::filesystem::path& dir,
+                                                       const std::string& config_text,
+                                                       MoeTransformerImpl& model,
+                                                       torch::optim::Optimizer& optimizer,
+                                                       const std::function<void(const std::string&)>& warn);
+
+}  // namespace moesweep::trainer

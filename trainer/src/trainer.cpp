@@ -1,0 +1,356 @@
+#include "moesweep/trainer/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+#include "checkpoint.h"
+#include "gradient_allreduce.h"
+#include "moesweep/input_error.h"
+#include "moesweep/trainer/data.h"
+#include "moesweep/trainer/model.h"
+
+namespace moesweep::trainer {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// The fields that determine the training trajectory, one "key = value" per line. A checkpoint carries
+// it and resuming needs an exact match. Data paths, eval settings and the checkpoint interval are left
+// out: moving the shards or changing how often to checkpoint must not orphan a run's checkpoints.
+std::string trajectory_fingerprint(const RunConfig& c) {
+  std::ostringstream out;
+  out.precision(17);
+  out << "data.tokenizer = " << c.data.tokenizer << "\n"
+      << "model.d_model = " << c.model.d_model << "\n"
+      << "model.n_layers = " << c.model.n_layers << "\n"
+      << "model.n_heads = " << c.model.n_heads << "\n"
+      << "model.experts = " << c.model.experts << "\n"
+      << "model.seq_len = " << c.model.seq_len << "\n"
+      << "model.vocab_size = " << c.model.vocab_size << "\n"
+      << "model.capacity_factor = " << c.model.capacity_factor << "\n"
+      << "train.tokens = " << c.train.tokens << "\n"
+      << "train.batch_tokens = " << c.train.batch_tokens << "\n"
+      << "train.batch_ramp = " << c.train.batch_ramp << "\n"
+      << "train.lr = " << c.train.lr << "\n"
+      << "train.warmup_tokens = " << c.train.warmup_tokens << "\n"
+      << "train.decay_fraction = " << c.train.decay_fraction << "\n"
+      << "train.weight_decay = " << c.train.weight_decay << "\n"
+      << "train.grad_clip = " << c.train.grad_clip << "\n"
+      << "train.seed = " << c.train.seed << "\n"
+      << "train.z_loss_weight = " << c.train.z_loss_weight << "\n"
+      << "train.balance_loss_weight = " << c.train.balance_loss_weight << "\n";
+  return out.str();
+}
+
+void require(bool ok, const std::string& key, const std::string& what) {
+  if (!ok) throw InputError(key + ": " + what);
+}
+
+// [sequences, T + 1] int64 windows starting at the given offsets (inputs are [:, :T], targets [:, 1:]).
+torch::Tensor windows(const Shard& shard, const std::vector<std::size_t>& offsets, std::int64_t seq_len) {
+  auto batch = torch::empty({static_cast<std::int64_t>(offsets.size()), seq_len + 1}, torch::kLong);
+  auto* out = batch.data_ptr<std::int64_t>();
+  const auto tokens = shard.tokens();
+  for (const auto offset : offsets) {
+    for (std::int64_t i = 0; i <= seq_len; ++i) *out++ = tokens[offset + static_cast<std::size_t>(i)];
+  }
+  return batch;
+}
+
+// Rank `rank`'s share [begin, end) of `count` items split as evenly as possible over `ranks`.
+std::pair<std::int64_t, std::int64_t> slice_of(std::int64_t count, int rank, int ranks) {
+  return {count * rank / ranks, count * (rank + 1) / ranks};
+}
+
+void check_shard(const Shard& shard, const std::string& key, const RunConfig& config,
+                 std::size_t min_tokens) {
+  const auto path = shard.path().string();
+  if (shard.tokenizer() != config.data.tokenizer) {
+    throw InputError(path + ": shard was written with the " + shard.tokenizer() +
+                     " tokenizer, but the run uses " + config.data.tokenizer + " (vocabulary " +
+                     std::to_string(config.model.vocab_size) + ")");
+  }
+  if (shard.size() < min_tokens) {
+    throw InputError(path + ": " + key + " shard has " + std::to_string(shard.size()) +
+                     " tokens; the run needs at least " + std::to_string(min_tokens));
+  }
+}
+
+class Trainer {
+ public:
+  Trainer(const RunConfig& config, const TrainOptions& options, TrainingObserver& observer)
+      : config_(config),
+        options_(options),
+        observer_(observer),
+        reduce_(options.communicator),
+        device_(options.device),
+        eval_sequences_(std::max<std::int64_t>(1, config.train.eval_tokens / config.model.seq_len)),
+        train_shard_(config.data.train),
+        val_shard_(config.data.val),
+        model_(nullptr) {
+    check_shard(train_shard_, "train", config, static_cast<std::size_t>(config.model.seq_len + 1));
+    check_shard(val_shard_, "val", config,
+                static_cast<std::size_t>(eval_sequences_ * config.model.seq_len + 1));
+    if (options.threads > 0) torch::set_num_threads(options.threads);
+    torch::manual_seed(config.train.seed);
+    model_ = MoeTransformer(config.model, device_.is_cuda() ? torch::kBFloat16 : torch::kFloat);
+    model_->to(device_);
+    // Weight decay on matrices only (embedding, head, attention, router, experts), not on LayerNorm.
+    std::vector<torch::Tensor> decayed, not_decayed;
+    for (auto& parameter : model_->parameters())
+      (parameter.dim() >= 2 ? decayed : not_decayed).push_back(parameter);
+    const auto adam = torch::optim::AdamWOptions(config.train.lr).betas({0.9, 0.95}).eps(1e-8);
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(decayed,
+                        std::make_unique<torch::optim::AdamWOptions>(
+                            torch::optim::AdamWOptions(adam).weight_decay(config.train.weight_decay)));
+    groups.emplace_back(not_decayed, std::make_unique<torch::optim::AdamWOptions>(
+                                         torch::optim::AdamWOptions(adam).weight_decay(0.0)));
+    optimizer_ = std::make_unique<torch::optim::AdamW>(std::move(groups), adam);
+    const auto smallest_batch = batch_sequences_at(config, 0);
+    require(smallest_batch >= reduce_.size(), "train.batch_tokens",
+            "the batch (" + std::to_string(smallest_batch) + " sequences) is smaller than the " +
+                std::to_string(reduce_.size()) + " data-parallel ranks");
+  }
+
+  Result run() {
+    const auto started = Clock::now();
+    Result result;
+    result.n_act = active_params(config_.model);
+    result.n_total = total_params(config_.model);
+    CheckpointPosition position;
+    if (options_.resume) {
+      require(!options_.checkpoint_dir.empty(), "--resume", "needs a checkpoint directory");
+      const auto loaded =
+          load_latest_checkpoint(options_.checkpoint_dir, trajectory_fingerprint(config_), *model_,
+                                 *optimizer_, [this](const std::string& m) { observer_.on_warning(m); });
+      if (loaded) position = loaded->position;
+      result.resumed_from_step = position.step;
+    }
+
+    const auto training_started = Clock::now();
+    const std::int64_t tokens_at_start = position.tokens;
+    bool stop = false;
+    while (position.tokens < config_.train.tokens && !stop) {
+      const auto sequences = batch_sequences_at(config_, position.tokens);
+      const auto batch_tokens = sequences * config_.model.seq_len;
+      const double lr = learning_rate_at(config_.train, position.tokens, batch_tokens);
+      for (auto& group : optimizer_->param_groups())
+        static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+
+      const auto step = train_step(position.step, sequences, observer_.stop_requested());
+      position.step += 1;
+      position.tokens += batch_tokens;
+      result.train_loss = step.lm_loss;
+      if (!std::isfinite(step.total_loss)) {
+        result.outcome = Outcome::diverged;
+        char detail[128];
+        std::snprintf(detail, sizeof detail, " at step %lld (%lld tokens, lr %.3g)",
+                      static_cast<long long>(position.step), static_cast<long long>(position.tokens), lr);
+        result.message =
+            "loss became " + std::string(std::isnan(step.total_loss) ? "NaN" : "infinite") + detail;
+        break;
+      }
+      stop = step.stop && position.tokens < config_.train.tokens;  // a stop on the last step just finishes
+
+      const double elapsed = seconds_since(training_started);
+      const double rate = static_cast<double>(position.tokens - tokens_at_start) / std::max(elapsed, 1e-9);
+      observer_.on_progress(
+          {position.step, position.tokens, step.lm_loss, lr, rate,
+           static_cast<double>(std::max<std::int64_t>(0, config_.train.tokens - position.tokens)) /
+               std::max(rate, 1e-9)});
+      const auto every = config_.train.checkpoint_every_tokens;
+      const bool interval =
+          every > 0 && (position.tokens / every) > ((position.tokens - batch_tokens) / every);
+      if (!options_.checkpoint_dir.empty() && (interval || stop)) checkpoint(position);
+    }
+    result.steps = position.step;
+    result.tokens = position.tokens;
+    const double training_seconds = seconds_since(training_started);
+    result.tokens_per_s =
+        static_cast<double>(position.tokens - tokens_at_start) / std::max(training_seconds, 1e-9);
+    if (result.outcome != Outcome::diverged) {
+      result.outcome = stop ? Outcome::stopped : Outcome::completed;
+      result.eval_loss = stop ? std::nan("") : evaluate();
+    } else {
+      result.eval_loss = std::nan("");
+    }
+    result.seconds = seconds_since(started);
+    return result;
+  }
+
+ private:
+  struct StepLosses {
+    double lm_loss;     // global-batch mean cross-entropy
+    double total_loss;  // with the auxiliary losses
+    bool stop;          // some rank was asked to stop
+  };
+
+  // One optimizer step on this rank's slice of the global batch. Each rank scales its losses by its
+  // share of the sequences, so summing gradients over ranks gives the global-batch gradient. The
+  // reported losses and the stop flag ride along in the same all-reduce.
+  StepLosses train_step(std::int64_t step, std::int64_t sequences, bool stop_requested) {
+    const auto T = config_.model.seq_len;
+    const auto [begin, end] = slice_of(sequences, reduce_.rank(), reduce_.size());
+    std::vector<std::size_t> offsets;
+    for (auto sequence = begin; sequence < end; ++sequence) {
+      offsets.push_back(training_window_offset(config_.train.seed, step, sequence, train_shard_.size(),
+                                               static_cast<std::size_t>(T + 1)));
+    }
+    const auto batch = windows(train_shard_, offsets, T).to(device_);
+    const double share = static_cast<double>(end - begin) / static_cast<double>(sequences);
+
+    optimizer_->zero_grad();
+    const auto out = model_->forward(batch.narrow(1, 0, T), config_.model.capacity_factor);
+    const auto lm_loss = torch::nn::functional::cross_entropy(
+        out.logits.reshape({-1, config_.model.vocab_size}), batch.narrow(1, 1, T).reshape(-1));
+    const auto total_loss = lm_loss + config_.train.z_loss_weight * out.z_loss +
+                            config_.train.balance_loss_weight * out.balance_loss;
+    (total_loss * share).backward();
+
+    std::vector<torch::Tensor> pieces;
+    const auto parameters = model_->parameters();
+    for (const auto& parameter : parameters) pieces.push_back(parameter.grad().to(torch::kFloat).reshape(-1));
+    pieces.push_back(torch::stack({lm_loss.detach() * share, total_loss.detach() * share,
+                                   torch::full({}, stop_requested ? 1.0 : 0.0, lm_loss.options())})
+                         .to(torch::kFloat));
+    auto flat = torch::cat(pieces);
+    reduce_.sum(flat);
+    std::int64_t offset = 0;
+    for (auto& parameter : model_->parameters()) {
+      auto grad = parameter.mutable_grad();
+      grad.copy_(flat.narrow(0, offset, grad.numel()).view_as(grad));
+      offset += grad.numel();
+    }
+    const auto scalars = flat.narrow(0, offset, 3).to(torch::kCPU);
+    const StepLosses losses{scalars[0].item<double>(), scalars[1].item<double>(),
+                            scalars[2].item<double>() > 0.0};
+    if (!std::isfinite(losses.total_loss)) return losses;  // never apply a non-finite update
+
+    torch::nn::utils::clip_grad_norm_(parameters, config_.train.grad_clip);
+    optimizer_->step();
+    return losses;
+  }
+
+  void checkpoint(const CheckpointPosition& position) {
+    std::filesystem::path path;
+    if (reduce_.rank() == 0) {
+      path = save_checkpoint(options_.checkpoint_dir, position, trajectory_fingerprint(config_), *model_,
+                             *optimizer_);
+    }
+    reduce_.barrier();  // a rank that resumes right after a stop must find the file complete
+    if (reduce_.rank() == 0) observer_.on_checkpoint(position.step, position.tokens, path);
+  }
+
+  // Mean cross-entropy over the first eval_tokens of val (contiguous windows), with the eval capacity
+  // factor. Ranks split the windows; chunks and the summation order are fixed, so the figure is
+  // reproducible to the bit on CPU for a given rank count.
+  double evaluate() {
+    torch::NoGradGuard no_grad;
+    const auto T = config_.model.seq_len;
+    const auto chunk = batch_sequences_at(config_, config_.train.tokens);
+    const auto [begin, end] = slice_of(eval_sequences_, reduce_.rank(), reduce_.size());
+    double loss_sum = 0.0;
+    for (auto first = begin; first < end; first += chunk) {
+      std::vector<std::size_t> offsets;
+      for (auto sequence = first; sequence < std::min(end, first + chunk); ++sequence) {
+        offsets.push_back(static_cast<std::size_t>(sequence * T));
+      }
+      const auto batch = windows(val_shard_, offsets, T).to(device_);
+      const auto out = model_->forward(batch.narrow(1, 0, T), config_.model.eval_capacity_factor);
+      loss_sum += torch::nn::functional::cross_entropy(
+                      out.logits.reshape({-1, config_.model.vocab_size}), batch.narrow(1, 1, T).reshape(-1),
+                      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                      .to(torch::kDouble)
+                      .item<double>();
+    }
+    return reduce_.sum(loss_sum) / static_cast<double>(eval_sequences_ * T);
+  }
+
+  const RunConfig& config_;
+  const TrainOptions& options_;
+  TrainingObserver& observer_;
+  GradientAllReduce reduce_;
+  torch::Device device_;
+  std::int64_t eval_sequences_;
+  Shard train_shard_, val_shard_;
+  MoeTransformer model_;
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+};
+
+}  // namespace
+
+const char* to_string(Outcome outcome) {
+  switch (outcome) {
+    case Outcome::completed:
+      return "completed";
+    case Outcome::stopped:
+      return "stopped";
+    case Outcome::diverged:
+      return "diverged";
+  }
+  return "unknown";
+}
+
+void validate(const RunConfig& c) {
+  const auto& m = c.model;
+  const auto& t = c.train;
+  require(m.d_model > 0 && m.n_layers > 0 && m.n_heads > 0, "model",
+          "d_model, n_layers and n_heads must be positive");
+  require(m.d_model % m.n_heads == 0 && (m.d_model / m.n_heads) % 2 == 0, "model.n_heads",
+          "d_model (" + std::to_string(m.d_model) + ") must split into n_heads heads of even size (RoPE)");
+  require(m.experts >= 1, "model.experts", "must be at least 1");
+  require(m.seq_len >= 1, "model.seq_len", "must be positive");
+  require(vocab_size_of(c.data.tokenizer) > 0, "data.tokenizer",
+          "unknown tokenizer '" + c.data.tokenizer + "'");
+  require(m.vocab_size == vocab_size_of(c.data.tokenizer), "model.vocab_size",
+          std::to_string(m.vocab_size) + " does not match the " + c.data.tokenizer + " tokenizer (" +
+              std::to_string(vocab_size_of(c.data.tokenizer)) + ")");
+  require(m.capacity_factor > 0 && m.eval_capacity_factor > 0, "model.capacity_factor", "must be positive");
+  require(t.tokens > 0, "train.tokens", "must be positive");
+  require(t.batch_tokens > 0 && t.batch_tokens % m.seq_len == 0, "train.batch_tokens",
+          "must be a positive multiple of seq_len (" + std::to_string(m.seq_len) + ")");
+  require(std::isfinite(t.lr) && t.lr > 0, "train.lr", "must be a positive number");
+  require(t.warmup_tokens >= 0, "train.warmup_tokens", "must not be negative");
+  require(t.decay_fraction >= 0 && t.decay_fraction <= 1, "train.decay_fraction", "must be in [0, 1]");
+  require(t.weight_decay >= 0, "train.weight_decay", "must not be negative");
+  require(t.grad_clip > 0, "train.grad_clip", "must be positive");
+  require(t.eval_tokens >= m.seq_len, "train.eval_tokens", "must be at least seq_len");
+  require(t.checkpoint_every_tokens >= 0, "train.checkpoint_every_tokens", "must not be negative");
+}
+
+double learning_rate_at(const TrainConfig& train, std::int64_t tokens_done, std::int64_t batch_tokens) {
+  // Warm-up counts the step's own tokens, so the first step already moves; decay counts tokens before
+  // the step, so the last step still does.
+  const double warmup = train.warmup_tokens > 0
+                            ? std::min(1.0, static_cast<double>(tokens_done + batch_tokens) /
+                                                static_cast<double>(train.warmup_tokens))
+                            : 1.0;
+  const double decay_tokens = train.decay_fraction * static_cast<double>(train.tokens);
+  const double decay =
+      decay_tokens > 0 ? std::clamp(static_cast<double>(train.tokens - tokens_done) / decay_tokens, 0.0, 1.0)
+                       : 1.0;
+  return train.lr * warmup * decay;
+}
+
+std::int64_t batch_sequences_at(const RunConfig& config, std::int64_t tokens_done) {
+  const auto full = config.train.batch_tokens / config.model.seq_len;
+  if (!config.train.batch_ramp) return full;
+  if (tokens_done < 500'000'000) return std::max<std::int64_t>(1, full / 4);
+  if (tokens_done < 1'000'000'000) return std::max<std::int64_t>(1, full / 2);
+  return full;
+}
+
+Result train(const RunConfig& config, const TrainOptions& options, TrainingObserver& observer) {
+  validate(config);
+  Trainer trainer(config, options, observer);
+  return trainer.run();
+}
+
+}  // namespace moesweep::trainer
