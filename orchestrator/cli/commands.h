@@ -12,5 +12,11 @@ struct ExitStatus {
 
 void add_expand(CLI::App& app);
 void add_status(CLI::App& app);
+void add_run(CLI::App& app);
+void add_fit(CLI::App& app);
+void add_predict(CLI::App& app);
+void add_plan(CLI::App& app);
+void add_prepare_data(CLI::App& app);
+void add_train(CLI::App& app);
 
 }  // namespace moesweep::cli

@@ -11,6 +11,12 @@ int main(int argc, char** argv) {
   app.set_help_all_flag("--help-all", "Show help for every subcommand");
   moesweep::cli::add_expand(app);
   moesweep::cli::add_status(app);
+  moesweep::cli::add_run(app);
+  moesweep::cli::add_fit(app);
+  moesweep::cli::add_predict(app);
+  moesweep::cli::add_plan(app);
+  moesweep::cli::add_prepare_data(app);
+  moesweep::cli::add_train(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -128,6 +128,13 @@ class Store {
                              std::int64_t resumed_from_step = 0);
   void record_heartbeats(const std::vector<Heartbeat>& beats);  // one transaction for the batch
   void finish_attempt(std::int64_t attempt_id, const AttemptEnd& end);
+  // After a job died: every attempt still open is closed as lost and its run goes back to pending (it
+  // resumes from its checkpoints). Returns the number of runs requeued.
+  std::int64_t requeue_interrupted(const std::string& reason);
+  // Runs of `sweep` in `from_state` go back to pending (e.g. retrying failed runs). Returns how many.
+  std::int64_t reopen_runs(const std::string& sweep, const std::string& from_state);
+  // Attempts of a run that ended with this exit reason.
+  std::int64_t count_attempts(const std::string& run_key, const std::string& exit_reason) const;
   void add_event(const std::string& kind, const std::string& message, const std::string& run_key = "");
 
   // Reads.

@@ -1,0 +1,54 @@
+#pragma once
+// What a worker does with a run: train it (torch) or pretend to (simulate). Both report progress through
+// WorkObserver and honour stop requests; both resume from what the run's directory holds.
+#include <mpi.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "moesweep/orchestrator/sweep_runner.h"
+#include "moesweep/orchestrator/sweep_spec.h"
+
+namespace moesweep::orchestrator {
+
+struct WorkResult {
+  std::string outcome;  // completed | stopped | diverged | failed
+  double eval_loss = 0;
+  double train_loss = 0;
+  std::int64_t tokens = 0;
+  std::int64_t steps = 0;
+  double tokens_per_s = 0;
+  double seconds = 0;
+  std::int64_t resumed_from_step = 0;
+  std::string message;  // failed/diverged: one line
+};
+
+struct WorkProgress {
+  std::int64_t step = 0;
+  std::int64_t tokens = 0;
+  double train_loss = 0;
+  double lr = 0;
+  double tokens_per_s = 0;
+};
+
+class WorkObserver {
+ public:
+  virtual ~WorkObserver() = default;
+  virtual void progress(const WorkProgress& p) = 0;
+  virtual bool stop_requested() = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  // `gang` is the run's data-parallel communicator (MPI_COMM_NULL for one rank). Never throws: a run
+  // that cannot be trained comes back as outcome "failed" with its message.
+  virtual WorkResult train(const ExpandedRun& run, const std::filesystem::path& run_dir, MPI_Comm gang,
+                           WorkObserver& observer) = 0;
+};
+
+std::unique_ptr<Backend> make_backend(const SweepRunOptions& options);
+
+}  // namespace moesweep::orchestrator

@@ -1,0 +1,18 @@
+# Shared helpers for the integration tests: a scratch directory, the prepared Brown shards, assertions.
+set -euo pipefail
+: "${MOESWEEP:?ctest passes the moesweep binary}"
+: "${MOESWEEP_SOURCE_DIR:?ctest passes the source directory}"
+SCRATCH=$(mktemp -d /tmp/moesweep-it.XXXXXX)
+cleanup() { [ -n "${KEEP_SCRATCH:-}" ] || rm -rf "$SCRATCH"; }
+trap cleanup EXIT
+cd "$SCRATCH"
+MPIRUN=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
+export OMPI_MCA_rmaps_base_oversubscribe=1
+
+prepare_brown() { "$MOESWEEP" prepare-data --tokenizer byte --out data/brown-byte >/dev/null; }
+q() { sqlite3 "$1" "$2"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+expect_eq() {  # what actual expected
+  [ "$2" == "$3" ] || fail "$1: got '$2', expected '$3'"
+  echo "ok: $1 = $3"
+}
