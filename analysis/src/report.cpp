@@ -197,7 +197,9 @@ std::string write_plot_files(const std::filesystem::path& dir, const FitResult& 
 
 // Runs gnuplot on the script; "" on success, else why not.
 std::string run_gnuplot(const std::filesystem::path& dir, const std::string& script) {
-  const std::string folder = dir.string(), log_path = (dir / "gnuplot.log").string();
+  // Absolute: the spawn changes into the folder before it opens the log.
+  const std::filesystem::path absolute = std::filesystem::absolute(dir);
+  const std::string folder = absolute.string(), log_path = (absolute / "gnuplot.log").string();
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addchdir_np(&actions, folder.c_str());  // the script's paths are relative
