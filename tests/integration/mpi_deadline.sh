@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# --deadline: once the coordinator has measured throughput, a run that cannot reach its next
+# checkpoint before the allocation ends is not started; the job ends with status 75 and the runs
+# left pending, and the next job (no deadline) trains them.
+source "$(dirname "$0")/lib.sh"
+cat > sweep.toml <<'TOML'
+[sweep]
+name = "deadline"
+[data]
+train = "unused-by-simulate/train.bin"
+val = "unused-by-simulate/val.bin"
+[model]
+seq_len = 64
+[train]
+batch_tokens = 1024
+lr = 0.003
+warmup_tokens = 1024
+checkpoint_every_tokens = 102400   # one checkpoint, at the end: each run is ~3 s with no earlier one
+[[grid]]
+shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
+experts = [1, 2, 4]
+tokens = [102400]
+TOML
+RUN=("${MPIRUN[@]}" -np 2 "$MOESWEEP" run sweep.toml --db sweep.db --backend simulate --time-scale 45000 --heartbeat 0.2)
+status=0
+"${RUN[@]}" --deadline +5s >first.log 2>&1 || status=$?
+expect_eq "exit status at the deadline" "$status" 75
+expect_eq "runs done before the deadline" "$(q sweep.db "select count(*) from runs where state='done'")" 1
+expect_eq "runs left pending, never started" "$(q sweep.db "select count(*) from runs where state='pending' and attempts=0")" 2
+"${RUN[@]}" >second.log 2>&1 || { cat second.log; fail "the job without a deadline failed"; }
+expect_eq "runs done" "$(q sweep.db "select count(*) from runs where state='done'")" 3
