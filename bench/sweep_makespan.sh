@@ -10,7 +10,7 @@ SCALE=${TIME_SCALE:-2e-6}
 work=$(mktemp -d /tmp/moesweep-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); time scale $SCALE"
-printf '%6s %12s %12s %8s %16s\n' ranks "makespan_s" "bound_s" ratio "coordinator_cpu_s"
+printf '%6s %12s %12s %8s %18s %14s\n' ranks "makespan_s" "bound_s" ratio "coordinator_cpu_s" "workers_cpu_s"
 for ranks in ${RANKS:-8 32 128}; do
   db="$work/sim-$ranks.db"
   mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$ranks" "$MOESWEEP" run "$here/sweeps/paper.toml" \
@@ -19,7 +19,8 @@ for ranks in ${RANKS:-8 32 128}; do
     with per_run as (select r.flops / 4e14 * $SCALE as cost from runs r),
          span as (select (julianday(max(ended_at)) - julianday(min(started_at))) * 86400.0 as wall from attempts),
          bound as (select max((select max(cost) from per_run), (select sum(cost) from per_run) / ($ranks - 1)) as lb)
-    select printf('%6d %12.2f %12.2f %8.3f %16s', $ranks, wall, lb, wall / lb,
-                  (select substr(message, instr(message, 'CPU ') + 4) from events where kind = 'job_end'))
-    from span, bound;"
+    select printf('%6d %12.2f %12.2f %8.3f %18.2f %14.2f', $ranks, wall, lb, wall / lb,
+                  cast(substr(m, instr(m, 'coordinator CPU ') + 16) as real),
+                  cast(substr(m, instr(m, 'workers CPU ') + 12) as real))
+    from span, bound, (select message as m from events where kind = 'job_end');"
 done

@@ -16,3 +16,27 @@ expect_eq() {  # what actual expected
   [ "$2" == "$3" ] || fail "$1: got '$2', expected '$3'"
   echo "ok: $1 = $3"
 }
+
+# A sweep for the simulate backend, whose data paths are never opened:
+#   simulate_sweep NAME EXPERTS TOKENS CHECKPOINT_EVERY [EXTRA_SECTIONS]  (lists in TOML syntax)
+simulate_sweep() {
+  cat <<TOML
+[sweep]
+name = "$1"
+${5:-}
+[data]
+train = "unused-by-simulate/train.bin"
+val = "unused-by-simulate/val.bin"
+[model]
+seq_len = 64
+[train]
+batch_tokens = 1024
+lr = 0.003
+warmup_tokens = 1024
+checkpoint_every_tokens = $4
+[[grid]]
+shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
+experts = $2
+tokens = $3
+TOML
+}

@@ -3,24 +3,8 @@
 # checkpoint before the allocation ends is not started; the job ends with status 75 and the runs
 # left pending, and the next job (no deadline) trains them.
 source "$(dirname "$0")/lib.sh"
-cat > sweep.toml <<'TOML'
-[sweep]
-name = "deadline"
-[data]
-train = "unused-by-simulate/train.bin"
-val = "unused-by-simulate/val.bin"
-[model]
-seq_len = 64
-[train]
-batch_tokens = 1024
-lr = 0.003
-warmup_tokens = 1024
-checkpoint_every_tokens = 102400   # one checkpoint, at the end: each run is ~3 s with no earlier one
-[[grid]]
-shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
-experts = [1, 2, 4]
-tokens = [102400]
-TOML
+# One checkpoint, at the end: each run is ~3 s with no earlier one.
+simulate_sweep deadline "[1, 2, 4]" "[102400]" 102400 > sweep.toml
 RUN=("${MPIRUN[@]}" -np 2 "$MOESWEEP" run sweep.toml --db sweep.db --backend simulate --time-scale 45000 --heartbeat 0.2)
 status=0
 "${RUN[@]}" --deadline +5s >first.log 2>&1 || status=$?

@@ -37,26 +37,7 @@ expect_eq "healthy run" "$(q faults.db "select state from runs where lr < 1 and 
 
 # 3. Hangs: SIGSTOP the worker that holds a run; the coordinator requeues it after the heartbeat timeout
 #    and the other worker finishes it.
-cat > hangs.toml <<'TOML'
-[sweep]
-name = "hangs"
-[resources]
-heartbeat_timeout_s = 3
-[data]
-train = "unused-by-simulate/train.bin"
-val = "unused-by-simulate/val.bin"
-[model]
-seq_len = 64
-[train]
-batch_tokens = 1024
-lr = 0.003
-warmup_tokens = 1024
-checkpoint_every_tokens = 10240
-[[grid]]
-shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
-experts = [1, 2]
-tokens = [102400]
-TOML
+simulate_sweep hangs "[1, 2]" "[102400]" 10240 $'[resources]\nheartbeat_timeout_s = 3' > hangs.toml
 setsid "${MPIRUN[@]}" -np 3 "$MOESWEEP" run hangs.toml --db "$SCRATCH/hangs.db" --backend simulate --time-scale 30000 \
   --heartbeat 0.2 >hangs.log 2>&1 &
 job=$!

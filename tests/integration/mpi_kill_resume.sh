@@ -3,24 +3,7 @@
 # every run ends done exactly once, runs finished before the kill keep their single attempt, and the
 # interrupted runs resume from their checkpoints (their step counter does not restart at 0).
 source "$(dirname "$0")/lib.sh"
-cat > sweep.toml <<'TOML'
-[sweep]
-name = "kill"
-[data]
-train = "unused-by-simulate/train.bin"
-val = "unused-by-simulate/val.bin"
-[model]
-seq_len = 64
-[train]
-batch_tokens = 1024
-lr = 0.003
-warmup_tokens = 1024
-checkpoint_every_tokens = 10240
-[[grid]]
-shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
-experts = [1, 2, 4]
-tokens = [102400, 112640]
-TOML
+simulate_sweep kill "[1, 2, 4]" "[102400, 112640]" 10240 > sweep.toml
 RUN=("${MPIRUN[@]}" -np 3 "$MOESWEEP" run sweep.toml --db sweep.db --backend simulate --time-scale 50000 --heartbeat 0.2)
 
 setsid "${RUN[@]}" >first.log 2>&1 &

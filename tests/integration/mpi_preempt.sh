@@ -3,24 +3,7 @@
 # stops, the running runs become preempted, and the job exits 75 ("run me again"); the same command
 # then finishes the sweep, the preempted runs resuming where they stopped.
 source "$(dirname "$0")/lib.sh"
-cat > sweep.toml <<'TOML'
-[sweep]
-name = "preempt"
-[data]
-train = "unused-by-simulate/train.bin"
-val = "unused-by-simulate/val.bin"
-[model]
-seq_len = 64
-[train]
-batch_tokens = 1024
-lr = 0.003
-warmup_tokens = 1024
-checkpoint_every_tokens = 10240
-[[grid]]
-shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
-experts = [1, 2, 4]
-tokens = [102400, 112640]
-TOML
+simulate_sweep preempt "[1, 2, 4]" "[102400, 112640]" 10240 > sweep.toml
 RUN=("${MPIRUN[@]}" -np 3 "$MOESWEEP" run sweep.toml --db sweep.db --backend simulate --time-scale 50000 --heartbeat 0.2)
 "${RUN[@]}" >first.log 2>&1 &
 job=$!
