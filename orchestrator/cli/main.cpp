@@ -1,6 +1,7 @@
 #include <cstdio>
 #include <exception>
 #include <iostream>
+#include <string>
 
 #include "commands.h"
 #include "moesweep/input_error.h"
@@ -17,6 +18,7 @@ int main(int argc, char** argv) {
   moesweep::cli::add_plan(app);
   moesweep::cli::add_prepare_data(app);
   moesweep::cli::add_train(app);
+  moesweep::cli::add_submit(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -32,7 +34,9 @@ int main(int argc, char** argv) {
   } catch (const moesweep::cli::ExitStatus& e) {
     return e.code;
   } catch (const std::exception& e) {
-    std::cerr << "moesweep: error: " << e.what() << "\n";
+    // LibTorch's errors carry a C++ backtrace after the first line; users get the first line only.
+    const std::string message = e.what();
+    std::cerr << "moesweep: error: " << message.substr(0, message.find('\n')) << "\n";
     return 1;
   }
   return 0;

@@ -5,6 +5,10 @@
 #include <fstream>
 #include <thread>
 
+#include <torch/cuda.h>
+
+#include <cstdlib>
+
 #include "moesweep/analysis/law.h"
 #include "moesweep/trainer/trainer.h"
 
@@ -13,6 +17,17 @@ namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
+
+// "cuda" means one GPU per worker: the rank's index on its node (from the launcher) modulo the node's GPUs.
+// On the coordinator's node that still gives every worker a GPU of its own when there are GPUs + 1 ranks.
+std::string device_of_this_rank(const std::string& device) {
+  if (device != "cuda") return device;
+  const auto gpus = static_cast<long>(torch::cuda::device_count());
+  if (gpus == 0) return device;  // the trainer says there is no GPU
+  for (const char* variable : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"})
+    if (const char* local = std::getenv(variable)) return "cuda:" + std::to_string(std::atol(local) % gpus);
+  return device;
+}
 
 class TorchBackend : public Backend {
  public:
@@ -32,7 +47,7 @@ class TorchBackend : public Backend {
     topt.checkpoint_dir = run_dir / "checkpoints";
     topt.resume = true;  // from the newest valid checkpoint when an earlier attempt left one
     topt.communicator = gang;
-    topt.device = options_.device;
+    topt.device = device_of_this_rank(options_.device);
     topt.threads = options_.threads;
     WorkResult result;
     try {
@@ -49,7 +64,8 @@ class TorchBackend : public Backend {
       result.message = r.message;
     } catch (const std::exception& e) {
       result.outcome = "failed";
-      result.message = e.what();
+      const std::string message = e.what();  // LibTorch appends a backtrace; the store keeps one line
+      result.message = message.substr(0, message.find('\n'));
     }
     return result;
   }
