@@ -11,6 +11,7 @@
 #include "moesweep/db/store.h"
 #include "moesweep/input_error.h"
 #include "moesweep/orchestrator/progress.h"
+#include "moesweep/orchestrator/slurm_submit.h"
 
 namespace moesweep::cli {
 namespace {
@@ -51,9 +52,14 @@ std::string render_json(const db::Store& store, const std::optional<std::string>
   out["db"] = store.path();
   out["sweeps"] = nlohmann::json::array();
   for (const auto& s : store.sweeps())
-    if (!sweep || s.name == *sweep)
-      out["sweeps"].push_back(
-          {{"name", s.name}, {"spec_path", s.spec_path}, {"slurm_job_id", s.slurm_job_id}});
+    if (!sweep || s.name == *sweep) {
+      // The job's state from squeue/sacct where they are on the PATH; null otherwise.
+      const auto state = orchestrator::slurm::job_state(s.slurm_job_id);
+      out["sweeps"].push_back({{"name", s.name},
+                               {"spec_path", s.spec_path},
+                               {"slurm_job_id", s.slurm_job_id},
+                               {"slurm_state", state ? nlohmann::json(*state) : nlohmann::json()}});
+    }
   out["runs_total"] = p.runs;
   out["counts"] = p.runs_by_state;
   out["flops_done"] = p.flops_done;
@@ -76,7 +82,11 @@ std::string render_text(const db::Store& store, const std::optional<std::string>
   for (const auto& s : store.sweeps()) {
     if (sweep && s.name != *sweep) continue;
     o << " sweep '" << s.name << "'";
-    if (!s.slurm_job_id.empty()) o << " (Slurm job " << s.slurm_job_id << ")";
+    if (!s.slurm_job_id.empty()) {
+      o << " (Slurm job " << s.slurm_job_id;
+      if (const auto state = orchestrator::slurm::job_state(s.slurm_job_id)) o << ": " << *state;
+      o << ")";
+    }
   }
   o << "\n";
 

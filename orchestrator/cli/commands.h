@@ -18,5 +18,6 @@ void add_predict(CLI::App& app);
 void add_plan(CLI::App& app);
 void add_prepare_data(CLI::App& app);
 void add_train(CLI::App& app);
+void add_submit(CLI::App& app);
 
 }  // namespace moesweep::cli

@@ -22,9 +22,9 @@ struct SubmitOptions {
   int cpus_per_rank = 0;   // > 0: --cpus-per-task and `run --threads`
   std::string time;        // Slurm time limit ("HH:MM:SS", "D-HH:MM", ...); empty: the partition's
   std::string partition, account, qos;
-  int signal_margin_s = 300;         // USR1 this long before the time limit
-  std::string launcher = "auto";     // auto (srun --mpi=pmix if this Slurm has it, else mpirun) | srun | mpirun
-  std::string template_path;         // empty: the built-in template
+  int signal_margin_s = 300;      // USR1 this long before the time limit
+  std::string launcher = "auto";  // auto (srun --mpi=pmix if this Slurm has it, else mpirun) | srun | mpirun
+  std::string template_path;      // empty: the built-in template
   std::vector<std::string> run_args;  // more arguments for `moesweep run` (e.g. --backend simulate)
 };
 
@@ -46,6 +46,9 @@ void validate_options(const SubmitOptions& options);
 
 // The built-in template (slurm/moesweep.sbatch at build time).
 const std::string& builtin_template();
+
+// "moesweep-<sweep name>", with characters unusual in a file name replaced: the job's name and log.
+std::string job_name(const std::string& sweep_name);
 
 // Fills the template's {{NAME}} placeholders. Throws InputError for an unknown placeholder or a path
 // that an #SBATCH line cannot carry (whitespace).

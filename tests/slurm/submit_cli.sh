@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# moesweep submit against stand-in Slurm commands (sbatch, sinfo, squeue, scontrol as small scripts):
+# bad input exits 2 with nothing registered, a submit registers the sweep and records the job, a second
+# submit while the job is queued or running submits nothing, and the rendered batch script itself,
+# run by bash, forwards USR1 to the ranks and requeues the job when `moesweep run` exits 75.
+source "$MOESWEEP_SOURCE_DIR/tests/integration/lib.sh"
+
+FAKE=$SCRATCH/fake-slurm
+mkdir -p "$FAKE/bin" "$SCRATCH/empty"
+echo 1000 > "$FAKE/last_id"
+cat > "$FAKE/bin/sbatch" <<EOF
+#!/usr/bin/env bash
+[ -z "\${FAKE_SBATCH_ERROR:-}" ] || { echo "sbatch: error: \$FAKE_SBATCH_ERROR" >&2; exit 1; }
+id=\$((\$(cat $FAKE/last_id) + 1)); echo \$id > $FAKE/last_id
+cat > $FAKE/job.\$id.sbatch
+echo "\$*" > $FAKE/job.\$id.args
+echo PENDING > $FAKE/state.\$id
+echo "\$id"
+EOF
+cat > "$FAKE/bin/sinfo" <<'EOF'
+#!/usr/bin/env bash
+printf 'debug\ngpu\ngpu\n'
+EOF
+cat > "$FAKE/bin/squeue" <<EOF
+#!/usr/bin/env bash
+id=\${2#--jobs=}
+[ -f $FAKE/state.\$id ] || { echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1; }
+cat $FAKE/state.\$id
+EOF
+cat > "$FAKE/bin/scontrol" <<EOF
+#!/usr/bin/env bash
+echo "\$*" >> $FAKE/scontrol.calls
+EOF
+chmod +x "$FAKE"/bin/*
+export PATH="$FAKE/bin:$PATH"
+
+cat > sweep.toml <<'TOML'
+[sweep]
+name = "cli"
+[data]
+train = "unused-by-simulate/train.bin"
+val = "unused-by-simulate/val.bin"
+[model]
+seq_len = 64
+[train]
+batch_tokens = 1024
+lr = 0.003
+warmup_tokens = 1024
+checkpoint_every_tokens = 10240
+[[grid]]
+shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
+experts = [1, 2, 4]
+tokens = [102400, 112640]
+TOML
+SIM=(--run-arg=--backend --run-arg=simulate --run-arg=--time-scale --run-arg=50000 --run-arg=--heartbeat --run-arg=0.2)
+
+expect_status() {  # what expected_status command...
+  local what=$1 expected=$2 status=0
+  shift 2
+  "$@" >out.txt 2>err.txt || status=$?
+  [ "$status" == "$expected" ] || { cat out.txt err.txt; fail "$what: exit status $status, expected $expected"; }
+  echo "ok: $what exits $expected: $(head -c 300 err.txt)"
+}
+nothing_registered() {
+  [ ! -e sweep.db ] || fail "$1: the database was created"
+  [ "$(cat "$FAKE/last_id")" == 1000 ] || fail "$1: something was submitted"
+}
+
+# --- bad input: exit 2, one line, no database, no job ---------------------------------------------
+sed 's/^lr = 0.003/lr = 0.003\ntokns = 5/' sweep.toml > bad.toml
+expect_status "a bad sweep" 2 "$MOESWEEP" submit bad.toml --db sweep.db
+grep -q "tokns" err.txt || fail "the error does not name the key"
+nothing_registered "a bad sweep"
+expect_status "no sbatch on the PATH" 2 env PATH="$SCRATCH/empty" "$MOESWEEP" submit sweep.toml --db sweep.db
+grep -q "sbatch is not on the PATH" err.txt || fail "the error does not say sbatch is missing"
+nothing_registered "no sbatch"
+expect_status "a partition Slurm lacks" 2 "$MOESWEEP" submit sweep.toml --db sweep.db --partition nosuch
+grep -q "no partition 'nosuch' (it has: debug, gpu)" err.txt || fail "the error does not list the partitions"
+nothing_registered "a partition Slurm lacks"
+expect_status "a time within the signal margin" 2 "$MOESWEEP" submit sweep.toml --db sweep.db --time 00:04:00
+grep -q "signal margin" err.txt || fail "the error does not mention the margin"
+nothing_registered "a short time"
+expect_status "a malformed time" 2 "$MOESWEEP" submit sweep.toml --db sweep.db --time 1h
+nothing_registered "a malformed time"
+expect_status "an account sbatch refuses" 2 \
+  env FAKE_SBATCH_ERROR="Invalid account or account/partition combination specified" "$MOESWEEP" submit sweep.toml --db sweep.db --account nope
+grep -q "sbatch refused the job: sbatch: error: Invalid account" err.txt || fail "sbatch's reason is lost"
+[ ! -e sweep.db ] || fail "an account sbatch refuses: the database was created"
+
+# --- --dry-run prints the script and touches nothing ------------------------------------------------
+expect_status "--dry-run" 0 "$MOESWEEP" submit sweep.toml --db sweep.db --dry-run --time 01:00:00 --partition nosuch
+grep -q '^#SBATCH --requeue$' out.txt || fail "--dry-run printed no script"
+grep -q '^#SBATCH --signal=B:USR1@300$' out.txt || fail "no signal line"
+bash -n out.txt || fail "the rendered script is not valid bash"
+nothing_registered "--dry-run"
+
+# --- a submit registers the sweep and records the job ----------------------------------------------
+expect_status "submit" 0 "$MOESWEEP" submit sweep.toml --db sweep.db --ranks-per-node 3 --time 00:30:00 \
+  --partition debug --launcher mpirun "${SIM[@]}"
+expect_eq "printed job id" "$(cat out.txt)" 1001
+expect_eq "sbatch arguments" "$(cat "$FAKE/job.1001.args")" "--parsable"
+expect_eq "recorded job" "$(q sweep.db "select slurm_job_id from sweeps where name='cli'")" 1001
+expect_eq "registered runs" "$(q sweep.db "select count(*) from runs where state='pending'")" 6
+grep -q '^#SBATCH --ntasks-per-node=3$' "$FAKE/job.1001.sbatch" || fail "layout missing"
+grep -q '^#SBATCH --partition=debug$' "$FAKE/job.1001.sbatch" || fail "partition missing"
+
+# --- idempotent while queued or running; --force overrides; a finished job does not count ----------
+expect_status "a second submit while pending" 0 "$MOESWEEP" submit sweep.toml --db sweep.db
+grep -q "already submitted as Slurm job 1001 (PENDING)" err.txt || fail "no 'already submitted' message"
+expect_eq "second submit's job id" "$(cat out.txt)" 1001
+echo RUNNING > "$FAKE/state.1001"
+expect_status "a second submit while running" 0 "$MOESWEEP" submit sweep.toml --db sweep.db
+expect_eq "jobs submitted" "$(cat "$FAKE/last_id")" 1001
+expect_status "status" 0 "$MOESWEEP" status --db sweep.db
+grep -q "(Slurm job 1001: RUNNING)" out.txt || { cat out.txt; fail "status does not show the job's state"; }
+expect_status "status without Slurm" 0 env PATH="$SCRATCH/empty" "$MOESWEEP" status --db sweep.db
+grep -q "(Slurm job 1001)" out.txt || { cat out.txt; fail "status without squeue"; }
+expect_status "--force" 0 "$MOESWEEP" submit sweep.toml --db sweep.db --force
+expect_eq "forced job id" "$(cat out.txt)" 1002
+rm "$FAKE/state.1002"  # gone from the queue (and no sacct here)
+expect_status "a submit after the job ended" 0 "$MOESWEEP" submit sweep.toml --db sweep.db --launcher mpirun "${SIM[@]}"
+expect_eq "new job id" "$(cat out.txt)" 1003
+expect_eq "runs after three submits" "$(q sweep.db "select count(*) from runs")" 6
+
+# --- the batch script: USR1 reaches the ranks, exit 75 requeues the job ----------------------------
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+SLURM_JOB_ID=1003 MOESWEEP_LAUNCH_ARGS="-np 3 --oversubscribe --bind-to none" \
+  bash "$FAKE/job.1003.sbatch" >job.log 2>&1 &
+job=$!
+for _ in $(seq 300); do
+  sleep 0.1
+  running=$(q sweep.db "select count(*) from runs where state='running' and step >= 15" 2>/dev/null || echo 0)
+  [ "$running" -ge 2 ] && break
+done
+[ "${running:-0}" -ge 2 ] || { cat job.log; fail "the batch script's sweep never got going"; }
+kill -USR1 "$job"
+status=0
+wait "$job" || status=$?
+expect_eq "batch script's exit status after USR1 and a requeue" "$status" 0
+grep -q "USR1 forwarded" job.log || { cat job.log; fail "USR1 was not forwarded"; }
+expect_eq "scontrol calls" "$(cat "$FAKE/scontrol.calls")" "requeue 1003"
+expect_eq "preempted runs" "$(q sweep.db "select count(*) from runs where state='preempted'")" 2
+expect_eq "open attempts" "$(q sweep.db "select count(*) from attempts where ended_at is null")" 0
