@@ -451,10 +451,11 @@ void Store::finish_attempt(std::int64_t attempt_id, const AttemptEnd& end) {
 
   Transaction t(db_);
   Statement(db_, (std::string("UPDATE attempts SET ended_at=") + kNow +
-                  ", exit_reason=? WHERE id=? AND ended_at IS NULL")
+                  ", exit_reason=?, resumed_from_step=MAX(resumed_from_step, ?) WHERE id=? AND ended_at IS NULL")
                      .c_str())
       .bind(1, end.exit_reason)
-      .bind(2, attempt_id)
+      .bind(2, end.resumed_from_step)
+      .bind(3, attempt_id)
       .run();
   if (sqlite3_changes(db_) != 1)
     throw std::runtime_error("attempt " + std::to_string(attempt_id) + " is unknown or already finished");

@@ -202,10 +202,12 @@ class Coordinator {
         const double measured = 6.0 * static_cast<double>(run.n_act) * r.tokens_per_s / a.ranks;
         flops_per_rank_s_ = flops_per_rank_s_ > 0 ? 0.7 * flops_per_rank_s_ + 0.3 * measured : measured;
       }
-      store_.finish_attempt(a.attempt_id, {"done", "completed", r.eval_loss, r.train_loss, ""});
+      store_.finish_attempt(a.attempt_id,
+                            {"done", "completed", r.eval_loss, r.train_loss, "", r.resumed_from_step});
       log(run, "done: eval loss " + std::to_string(r.eval_loss));
     } else if (r.outcome == "stopped") {
-      store_.finish_attempt(a.attempt_id, {"preempted", "stopped", std::nullopt, std::nullopt, ""});
+      store_.finish_attempt(a.attempt_id,
+                            {"preempted", "stopped", std::nullopt, std::nullopt, "", r.resumed_from_step});
       ++preempted_;
       log(run, "preempted at step " + std::to_string(r.steps));
     } else if (r.outcome == "diverged") {

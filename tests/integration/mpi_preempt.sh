@@ -29,3 +29,6 @@ for first_step in $restarts; do
   [ "$first_step" -gt 15 ] || fail "a preempted run restarted at step $first_step"
 done
 echo "ok: preempted runs resumed at steps: $(echo $restarts)"
+# The attempts table records where each resumed attempt started.
+expect_eq "completed attempts that record a resume point" \
+  "$(q sweep.db "select count(*) from attempts nxt join attempts s on s.run_id = nxt.run_id and s.id < nxt.id where s.exit_reason = 'stopped' and nxt.exit_reason = 'completed' and nxt.resumed_from_step > 15")" 2

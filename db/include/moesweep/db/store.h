@@ -94,6 +94,7 @@ struct AttemptEnd {
   std::optional<double> final_loss;        // done only
   std::optional<double> final_train_loss;  // done only
   std::string error;                       // failed/diverged: the one-line reason
+  std::int64_t resumed_from_step = 0;      // the checkpoint step this attempt started from (0: fresh)
 };
 
 class Store {
