@@ -12,6 +12,16 @@ export OMPI_MCA_rmaps_base_oversubscribe=1
 prepare_brown() { "$MOESWEEP" prepare-data --tokenizer byte --out data/brown-byte >/dev/null; }
 q() { sqlite3 "$1" "$2"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# Waits up to 30 s until DB has at least RUNS runs running past step STEP: wait_for_running DB RUNS STEP
+wait_for_running() {
+  local running
+  for _ in $(seq 300); do
+    sleep 0.1
+    running=$(q "$1" "select count(*) from runs where state='running' and step >= $3" 2>/dev/null || echo 0)
+    [ "$running" -ge "$2" ] && return 0
+  done
+  return 1
+}
 expect_eq() {  # what actual expected
   [ "$2" == "$3" ] || fail "$1: got '$2', expected '$3'"
   echo "ok: $1 = $3"

@@ -7,12 +7,7 @@ simulate_sweep preempt "[1, 2, 4]" "[102400, 112640]" 10240 > sweep.toml
 RUN=("${MPIRUN[@]}" -np 3 "$MOESWEEP" run sweep.toml --db sweep.db --backend simulate --time-scale 50000 --heartbeat 0.2)
 "${RUN[@]}" >first.log 2>&1 &
 job=$!
-for _ in $(seq 300); do
-  sleep 0.1
-  running=$(q sweep.db "select count(*) from runs where state='running' and step >= 15" 2>/dev/null || echo 0)
-  [ "$running" -ge 2 ] && break
-done
-[ "${running:-0}" -ge 2 ] || fail "the sweep never got going"
+wait_for_running sweep.db 2 15 || fail "the sweep never got going"
 kill -USR1 "$job"
 status=0
 wait "$job" || status=$?

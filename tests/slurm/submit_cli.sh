@@ -34,24 +34,7 @@ EOF
 chmod +x "$FAKE"/bin/*
 export PATH="$FAKE/bin:$PATH"
 
-cat > sweep.toml <<'TOML'
-[sweep]
-name = "cli"
-[data]
-train = "unused-by-simulate/train.bin"
-val = "unused-by-simulate/val.bin"
-[model]
-seq_len = 64
-[train]
-batch_tokens = 1024
-lr = 0.003
-warmup_tokens = 1024
-checkpoint_every_tokens = 10240
-[[grid]]
-shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
-experts = [1, 2, 4]
-tokens = [102400, 112640]
-TOML
+simulate_sweep cli "[1, 2, 4]" "[102400, 112640]" 10240 > sweep.toml
 SIM=(--run-arg=--backend --run-arg=simulate --run-arg=--time-scale --run-arg=50000 --run-arg=--heartbeat --run-arg=0.2)
 
 expect_status() {  # what expected_status command...
@@ -127,12 +110,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 SLURM_JOB_ID=1003 MOESWEEP_LAUNCH_ARGS="-np 3 --oversubscribe --bind-to none" \
   bash "$FAKE/job.1003.sbatch" >job.log 2>&1 &
 job=$!
-for _ in $(seq 300); do
-  sleep 0.1
-  running=$(q sweep.db "select count(*) from runs where state='running' and step >= 15" 2>/dev/null || echo 0)
-  [ "$running" -ge 2 ] && break
-done
-[ "${running:-0}" -ge 2 ] || { cat job.log; fail "the batch script's sweep never got going"; }
+wait_for_running sweep.db 2 15 || { cat job.log; fail "the batch script's sweep never got going"; }
 kill -USR1 "$job"
 status=0
 wait "$job" || status=$?
