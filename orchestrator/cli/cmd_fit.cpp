@@ -100,7 +100,7 @@ void add_fit(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--starts", opt->fit.starts,
                   "Grid starting points (all 3^9 = 19683 by default; fewer = a spread subset)")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   cmd->add_option("--bootstrap", opt->fit.bootstrap, "Bootstrap refits for the 90% intervals (0 = none)")
       ->capture_default_str();
@@ -108,7 +108,7 @@ void add_fit(CLI::App& app) {
   cmd->add_option("--threads", opt->fit.threads, "Threads (default: every hardware thread)");
   cmd->add_option("--headline-flops", opt->fit.headline_flops,
                   "Budget of the compute-optimal answers in the report")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   cmd->add_flag("--json", opt->json, "Print the fit as JSON on stdout");
   cmd->callback([opt] { run_fit(*opt); });

@@ -60,18 +60,18 @@ void add_run(CLI::App& app) {
       ->check(CLI::IsMember({"torch", "simulate"}))
       ->capture_default_str();
   cmd->add_option("--time-scale", opt->time_scale, "simulate: wall seconds per nominal training second")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   cmd->add_option("--deadline", *deadline,
                   "When the allocation ends: unix time or +N[s|m|h] (default: SLURM_JOB_END_TIME)");
   cmd->add_option("--heartbeat", opt->heartbeat_interval_s, "Seconds between progress reports")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   cmd->add_flag("--retry-failed", opt->retry_failed, "Train runs that an earlier job left failed again");
   cmd->add_flag("--retry-diverged", opt->retry_diverged, "Train runs that an earlier job left diverged again");
   cmd->add_option("--device", opt->device, "torch: cpu or cuda")->capture_default_str();
   cmd->add_option("--threads", opt->threads, "torch: intra-op threads per rank (1 = deterministic)")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   cmd->callback([opt, deadline] {
     if (!deadline->empty()) opt->deadline = parse_deadline(*deadline);

@@ -192,7 +192,7 @@ void add_train(CLI::App& app) {
   command
       ->add_option("--threads", options->threads,
                    "intra-op CPU threads (0: LibTorch's default). Resume bit-identically with the same count")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   command->callback([options] { run_train(*options); });
 }
