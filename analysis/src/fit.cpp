@@ -11,6 +11,7 @@
 #include <mutex>
 #include <numeric>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <thread>
 
@@ -20,8 +21,24 @@
 namespace moesweep::analysis {
 namespace {
 
-// The solver's parameter vector: scales and E_start, E_max as logarithms, so they stay positive.
-enum Param : int { kLogA, kAlpha, kGamma, kDelta, kLogB, kBeta, kZeta, kOmega, kLogC, kLogEStart, kLogEMax };
+// The solver's parameter vector: scales and E_start as logarithms, so they stay positive; E_max as its
+// inverse 1/E_max. In ln E_max the no-saturation limit E_max → ∞ is flat (every derivative vanishes), so
+// a fit that drifted there would stay put in every bootstrap refit and report a zero-width interval at
+// some astronomical E_max; in 1/E_max that limit is the point 0, where the derivative is −Ê, so the
+// bootstrap refits move freely between "no saturation" and a finite E_max.
+enum Param : int {
+  kLogA,
+  kAlpha,
+  kGamma,
+  kDelta,
+  kLogB,
+  kBeta,
+  kZeta,
+  kOmega,
+  kLogC,
+  kLogEStart,
+  kInverseEMax
+};
 constexpr int kParams = 11;
 using ParamVector = std::array<double, kParams>;
 
@@ -30,7 +47,7 @@ using ParamVector = std::array<double, kParams>;
 constexpr std::array<int, 9> kGridParams = {kLogA, kAlpha, kGamma, kDelta, kLogB,
                                             kBeta, kZeta,  kOmega, kLogC};
 constexpr std::array<int, 5> kDenseGridParams = {kLogA, kAlpha, kLogB, kBeta, kLogC};
-const std::vector<int> kDenseFixedParams = {kGamma, kDelta, kZeta, kOmega, kLogEStart, kLogEMax};
+const std::vector<int> kDenseFixedParams = {kGamma, kDelta, kZeta, kOmega, kLogEStart, kInverseEMax};
 
 // Three levels per coefficient, wide enough to cover published LLM fits (Chinchilla, the paper) and
 // small CPU sweeps. c's levels are fractions of the lowest training loss, since c must lie below it.
@@ -59,7 +76,6 @@ std::array<double, 3> grid_levels(int param, double min_log_loss) {
 constexpr std::size_t kShortlisted = 1024;
 constexpr int kShortIterations = 20;
 constexpr std::size_t kPolished = 32;
-constexpr int kPolishIterations = 500;
 
 struct Sample {
   double log_n, log_d, log_loss;
@@ -104,12 +120,12 @@ struct HuberLogResiduals {
     using std::exp;
     using std::sqrt;
     const T e_start = exp(x[kLogEStart]);
-    const T e_max = exp(x[kLogEMax]);
-    if (!(e_max > e_start)) return false;  // Ê is undefined there; Ceres rejects the step
+    if (!(x[kInverseEMax] * e_start < 1.0))
+      return false;  // E_max ≤ E_start: Ê undefined; Ceres rejects the step
     std::vector<T> log_ehat;
     log_ehat.reserve(set->distinct_experts.size());
     for (const double experts : set->distinct_experts)
-      log_ehat.push_back(detail::log_transformed_experts(experts, e_start, e_max));
+      log_ehat.push_back(detail::log_transformed_experts_inv(experts, e_start, x[kInverseEMax]));
     for (std::size_t i = 0; i < set->samples.size(); ++i) {
       const Sample& s = set->samples[i];
       const T r =
@@ -173,7 +189,10 @@ class LawProblem {
     } else {
       // Ê at E = 1 is E_start: below one expert's worth the transform has no meaning, and without
       // this bound noisy data can trade E_start, E_max and the exponents against each other freely.
-      problem.SetParameterLowerBound(x, kLogEStart, 0.0);
+      problem.SetParameterLowerBound(x, kLogEStart, std::log(kMinEStart));
+      // E_max ≤ kMaxEMax: a fit at this bound means the runs show no saturation of the benefit of
+      // experts, and the report says E_max is not identified rather than printing a huge number.
+      problem.SetParameterLowerBound(x, kInverseEMax, 1.0 / kMaxEMax);
     }
 
     ceres::Solver::Options options;
@@ -211,7 +230,7 @@ Coefficients to_coefficients(const ParamVector& x, LawForm form) {
                       x[kOmega],
                       std::exp(x[kLogC]),
                       std::exp(x[kLogEStart]),
-                      std::exp(x[kLogEMax]),
+                      1.0 / x[kInverseEMax],
                       form};
 }
 
@@ -253,7 +272,7 @@ std::vector<ParamVector> start_points(LawForm form, double min_log_loss, std::si
 
   ParamVector base{};
   base[kLogEStart] = std::log(2.0);
-  base[kLogEMax] = std::log(200.0);
+  base[kInverseEMax] = 1.0 / 200.0;
   std::vector<ParamVector> starts;
   for (std::size_t j = 0; j < count; ++j) {
     std::size_t index = count == grid_size ? j : j * stride % grid_size;
@@ -341,6 +360,14 @@ std::vector<std::size_t> select_heldout(const std::vector<Run>& runs, const Held
   return order;
 }
 
+std::vector<std::string> coefficients_at_bounds(const Coefficients& k) {
+  std::vector<std::string> names;
+  if (k.form == LawForm::dense) return names;
+  if (k.e_start <= kMinEStart * (1 + 1e-9)) names.emplace_back("e_start");
+  if (e_max_at_bound(k.e_max)) names.emplace_back("e_max");
+  return names;
+}
+
 ErrorSummary error_summary(const Coefficients& k, const std::vector<Run>& runs,
                            const std::vector<std::size_t>& which) {
   ErrorSummary summary;
@@ -378,6 +405,14 @@ FitResult fit_law(const std::vector<Run>& runs, const FitOptions& options) {
                      " held out (" + to_string(options.heldout) + ") leave " +
                      std::to_string(training.size()) + " to fit " + std::to_string(fitted) +
                      " coefficients; need at least " + std::to_string(fitted));
+  // Repeats of one (N_act, D, E) point add no information about the law's shape: a sweep that ran one
+  // configuration many times (or a CSV of duplicated rows) would otherwise "fit" exactly and look valid.
+  std::set<std::array<double, 3>> points;
+  for (const std::size_t i : training) points.insert({runs[i].n_act, runs[i].tokens, runs[i].experts});
+  if (points.size() < fitted)
+    throw InputError(std::to_string(training.size()) + " training runs hold only " +
+                     std::to_string(points.size()) + " distinct (n_act, tokens, experts) points to fit " +
+                     std::to_string(fitted) + " coefficients; need at least " + std::to_string(fitted));
 
   const unsigned threads =
       options.threads > 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
@@ -407,12 +442,13 @@ FitResult fit_law(const std::vector<Run>& runs, const FitOptions& options) {
   };
   keep_lowest(screened, kShortlisted);
   std::vector<Solution> shortlist(screened.size());
-  parallel_for(screened.size(), threads, "short solves", options,
-               [&](std::size_t i) { shortlist[i] = problem.solve(screened[i].x, kShortIterations); });
+  parallel_for(screened.size(), threads, "short solves", options, [&](std::size_t i) {
+    shortlist[i] = problem.solve(screened[i].x, std::min(kShortIterations, options.max_iterations));
+  });
   keep_lowest(shortlist, kPolished);
   std::vector<Solution> polished(shortlist.size());
   parallel_for(shortlist.size(), threads, "polish", options,
-               [&](std::size_t i) { polished[i] = problem.solve(shortlist[i].x, kPolishIterations); });
+               [&](std::size_t i) { polished[i] = problem.solve(shortlist[i].x, options.max_iterations); });
   result.polished = polished.size();
   const Solution* best = nullptr;
   for (const Solution& s : polished) {
@@ -422,11 +458,17 @@ FitResult fit_law(const std::vector<Run>& runs, const FitOptions& options) {
   }
   if (best == nullptr)
     throw std::runtime_error("the fit did not converge from any of the " + std::to_string(starts.size()) +
-                             " starting points; no report written");
+                             " starting points (none of the " + std::to_string(polished.size()) +
+                             " best converged within the limit of " + std::to_string(options.max_iterations) +
+                             " solver iterations); no report written");
   result.coefficients = to_coefficients(best->x, form);
   result.objective = best->objective;
   result.train = error_summary(result.coefficients, runs, training);
   result.heldout_errors = error_summary(result.coefficients, runs, result.heldout);
+  if (!std::isfinite(result.train.rmse_log) || !std::isfinite(result.heldout_errors.rmse_log))
+    throw std::runtime_error(
+        "the fit converged to coefficients whose predictions are not finite numbers; "
+        "no report written");
   const std::vector<Optimum> headline = headline_answers(result.coefficients, options.headline_flops);
 
   // Bootstrap: resample the training runs with replacement and refit from the chosen fit.
@@ -438,7 +480,7 @@ FitResult fit_law(const std::vector<Run>& runs, const FitOptions& options) {
     std::vector<std::size_t> resample(training.size());
     for (std::size_t& i : resample) i = training[pick(rng)];
     const LawProblem replicate(make_training_set(runs, resample), options.huber_delta, form);
-    Solution s = replicate.solve(best->x, kPolishIterations);
+    Solution s = replicate.solve(best->x, options.max_iterations);
     if (s.converged) replicates[b] = s;
   });
   result.bootstrap_fits = options.bootstrap;

@@ -33,10 +33,14 @@ double transformed_experts(double experts, double e_start, double e_max) {
 double predict_loss(const Coefficients& k, double n_act, double tokens, double experts) {
   if (!(n_act > 0) || !(tokens > 0) || !(experts >= 1))
     throw std::invalid_argument("the law needs N > 0, D > 0 and E >= 1");
-  const double ehat = transformed_experts(experts, k.e_start, k.e_max);
-  const double log_ehat = std::log(ehat);
-  return k.a * std::pow(ehat, k.delta) * std::pow(n_act, k.alpha + k.gamma * log_ehat) +
-         k.b * std::pow(ehat, k.omega) * std::pow(tokens, k.beta + k.zeta * log_ehat) + k.c;
+  const double log_ehat = detail::log_transformed_experts(experts, k.e_start, k.e_max);
+  // Each power term as the exp of its logarithm, as the fit computes it: the factors a·Ê^δ and
+  // N^(α + γ·ln Ê) alone can overflow and underflow (∞·0 = NaN) where their product is ordinary.
+  const double params_term =
+      std::exp(std::log(k.a) + k.delta * log_ehat + (k.alpha + k.gamma * log_ehat) * std::log(n_act));
+  const double data_term =
+      std::exp(std::log(k.b) + k.omega * log_ehat + (k.beta + k.zeta * log_ehat) * std::log(tokens));
+  return params_term + data_term + k.c;
 }
 
 Coefficients load_coefficients(const std::string& spec) {

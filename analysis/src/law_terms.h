@@ -8,12 +8,19 @@ namespace moesweep::analysis::detail {
 // The authors' code uses E − 0.99 rather than E − 1 (DESIGN.md); the check values depend on it.
 inline constexpr double kExpertOffset = 0.99;
 
-// ln Ê. Requires 0 < e_start < e_max, so that (1/E_start − 1/E_max)^−1 is positive and finite.
+// ln Ê from E_start and 1/E_max. Requires E_start > 0 and 0 ≤ 1/E_max < 1/E_start, so that
+// (1/E_start − 1/E_max)^−1 is positive and finite; 1/E_max = 0 is the no-saturation limit E_max → ∞.
+template <typename T>
+T log_transformed_experts_inv(double experts, const T& e_start, const T& inverse_e_max) {
+  using std::log;
+  const T saturation_shift = T(1.0) / (T(1.0) / e_start - inverse_e_max);
+  return -log(T(1.0) / (T(experts - kExpertOffset) + saturation_shift) + inverse_e_max);
+}
+
+// ln Ê. Requires 0 < e_start < e_max.
 template <typename T>
 T log_transformed_experts(double experts, const T& e_start, const T& e_max) {
-  using std::log;
-  const T saturation_shift = T(1.0) / (T(1.0) / e_start - T(1.0) / e_max);
-  return -log(T(1.0) / (T(experts - kExpertOffset) + saturation_shift) + T(1.0) / e_max);
+  return log_transformed_experts_inv(experts, e_start, T(1.0) / e_max);
 }
 
 // ln L̂ as a log-sum-exp of the three terms, stable however large or small each term is.

@@ -264,6 +264,8 @@ nlohmann::json fit_json(const FitResult& fit, const std::vector<Run>& runs, cons
     }
     out["compute_optimal"]["optima"].push_back(o);
   }
+  out["bounds"] = {{"e_start_min", kMinEStart}, {"e_max_max", kMaxEMax}};
+  out["at_bound"] = coefficients_at_bounds(fit.coefficients);
   out["seconds"] = fit.seconds;
   return out;
 }
@@ -295,6 +297,23 @@ std::vector<std::string> write_fit_report(const std::filesystem::path& dir, cons
     md << "| " << kCoefficientNames[i] << " | " << format("%.6g", values[i]) << " | "
        << (fit.coefficient_intervals.empty() ? "–" : interval_text(fit.coefficient_intervals[i], "%.4g"))
        << " | " << format("%.6g", paper[i]) << " |\n";
+  if (!dense) {
+    md << "\nBounds: E_start ≥ " << format("%g", kMinEStart) << " and E_max ≤ " << format("%g", kMaxEMax)
+       << " are enforced in the fit and in every bootstrap refit.\n";
+    const double largest_experts = distinct(runs, &Run::experts).back();  // sorted ascending
+    for (const std::string& name : coefficients_at_bounds(k)) {
+      if (name == "e_max")
+        md << "\n**E_max is at its bound " << format("%g", kMaxEMax)
+           << ": the runs show no saturation of the benefit of experts up to E = " << largest_experts
+           << ", so E_max is not identified.** Read it as \"larger than these runs can tell\", not as a "
+              "measurement; predictions beyond E = "
+           << largest_experts << " assume no saturation.\n";
+      else if (name == "e_start")
+        md << "\n**E_start is at its bound " << format("%g", kMinEStart)
+           << ": the fit wanted a smaller value, where Clark's transform stops meaning an expert count.** "
+              "Check the dense (E = 1) runs against the MoE runs.\n";
+    }
+  }
   md << "\n## Extrapolation check\n\nThe held-out runs took no part in choosing the fit: the winner is the "
         "start with the "
         "lowest training objective.\n\n| set | runs | RMSE(ln L) | max abs(L − L̂) | paper "
@@ -365,8 +384,9 @@ std::vector<std::string> write_fit_report(const std::filesystem::path& dir, cons
      << ". Ceres Levenberg–Marquardt with automatic derivatives from " << fit.starts
      << " grid starts: every start screened by its objective, the best given 20 iterations, the "
      << fit.polished << " best of those solved to convergence (" << fit.converged_starts
-     << " converged). E_start ≥ 1 is enforced. Bootstrap: " << fit.bootstrap_converged << " of "
-     << fit.bootstrap_fits << " refits on resampled training runs converged. "
+     << " converged). E_start ≥ " << format("%g", kMinEStart) << " and E_max ≤ " << format("%g", kMaxEMax)
+     << " are enforced. Bootstrap: " << fit.bootstrap_converged << " of " << fit.bootstrap_fits
+     << " refits on resampled training runs converged. "
      << "Took " << format("%.1f", fit.seconds) << " s.\n";
   std::ofstream(dir / "report.md") << md.str();
   return warnings;

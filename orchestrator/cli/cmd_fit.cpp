@@ -50,6 +50,10 @@ void print_summary(const analysis::FitResult& fit, const std::string& out) {
                   fit.coefficient_intervals[i].high);
     std::printf("\n");
   }
+  for (const std::string& name : analysis::coefficients_at_bounds(fit.coefficients))
+    std::printf("note: %s is at its bound (%s): the runs do not identify it; see report.md\n", name.c_str(),
+                name == "e_max" ? "E_max <= 1e6: no saturation of the benefit of experts in these runs"
+                                : "E_start >= 1");
   std::printf("train:    RMSE(ln L) %.5f, max |L - L^| %.4f (n = %zu)\n", fit.train.rmse_log,
               fit.train.max_abs_error, fit.train.n);
   if (fit.heldout_errors.n > 0)
@@ -105,12 +109,22 @@ void add_fit(CLI::App& app) {
   cmd->add_option("--bootstrap", opt->fit.bootstrap, "Bootstrap refits for the 90% intervals (0 = none)")
       ->capture_default_str();
   cmd->add_option("--seed", opt->fit.seed, "Bootstrap resampling seed")->capture_default_str();
+  cmd->add_option("--max-iterations", opt->fit.max_iterations,
+                  "Solver iterations per solve (start or bootstrap refit); a solve that needs more has not "
+                  "converged, and when no start converges the fit exits 1")
+      ->check(kPositive)
+      ->capture_default_str();
   cmd->add_option("--threads", opt->fit.threads, "Threads (default: every hardware thread)");
   cmd->add_option("--headline-flops", opt->fit.headline_flops,
                   "Budget of the compute-optimal answers in the report")
       ->check(kPositive)
       ->capture_default_str();
   cmd->add_flag("--json", opt->json, "Print the fit as JSON on stdout");
+  cmd->footer(
+      "The fit keeps E_start >= 1 (below one expert's worth Clark's transform has no meaning) and\n"
+      "E_max <= 1e6 (a fit at that bound means the runs show no saturation: E_max is not identified);\n"
+      "report.md, the summary and --json (\"at_bound\") say when a coefficient ends on a bound.\n"
+      "Exit status: 0 fitted; 1 no start converged (nothing written); 2 bad input.");
   cmd->callback([opt] { run_fit(*opt); });
 }
 

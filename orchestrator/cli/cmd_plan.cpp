@@ -4,6 +4,8 @@
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
 
 #include "commands.h"
 #include "format.h"
@@ -22,6 +24,16 @@ struct PlanOptions {
   bool table = false;
   bool json = false;
 };
+
+// 1e+21 → "1e21 FLOPs", as the paper's Table 2 heads its columns.
+std::string human_flops(double flops) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.0e", flops);
+  std::string out = text;
+  const auto plus = out.find("e+");
+  if (plus != std::string::npos) out.erase(plus + 1, 1);
+  return out + " FLOPs";
+}
 
 std::string experts_label(const analysis::MemoryOptimum& m) {
   return m.experts_capped ? "≥" + std::to_string(m.optimum.experts) : std::to_string(m.optimum.experts);
@@ -53,25 +65,48 @@ std::string memory_text(const std::optional<analysis::MemoryOptimum>& m) {
 
 void run_table(const analysis::Coefficients& k, const PlanOptions& opt) {
   nlohmann::json rows = nlohmann::json::array();
-  if (!opt.json)
+  std::vector<std::string> details;
+  if (!opt.json) {
     std::printf(
-        "Memory-optimal configurations (paper's Table 2 layout; KV cache %s tokens, inference %s tokens)\n",
+        "Memory-optimal E (paper's Table 2 layout: rows memory, columns training FLOPs; KV cache %s tokens, "
+        "inference %s tokens)\n",
         human_count(opt.kv_tokens).c_str(), human_count(opt.inference_tokens).c_str());
+    std::printf("  %-8s", "memory");
+    for (const double flops : analysis::kTable2Flops)
+      std::printf(flops == analysis::kTable2Flops[std::size(analysis::kTable2Flops) - 1] ? "  %s" : "  %-13s",
+                  human_flops(flops).c_str());
+    std::printf("\n");
+  }
   for (const char* memory : analysis::kTable2Memories) {
+    if (!opt.json) std::printf("  %-8s", memory);
     for (const double flops : analysis::kTable2Flops) {
       analysis::Budget budget{flops, opt.inference_tokens, analysis::parse_bytes(memory, "--table"),
                               opt.kv_tokens};
       const auto m = analysis::memory_optimal(k, budget);
-      if (opt.json)
+      if (opt.json) {
         rows.push_back({{"memory", memory},
                         {"memory_bytes", budget.memory_bytes},
                         {"flops", flops},
                         {"memory_optimal", memory_json(m)}});
-      else
-        std::printf("  %-6s %.0e FLOPs: %s\n", memory, flops, memory_text(m).c_str());
+        continue;
+      }
+      // "E=≥32" is 5 characters but 7 bytes: pad by hand so the columns line up.
+      const std::string cell = m ? "E=" + experts_label(*m) : "none fits";
+      const std::size_t width = cell.find("≥") == std::string::npos ? cell.size() : cell.size() - 2;
+      const bool last = flops == analysis::kTable2Flops[std::size(analysis::kTable2Flops) - 1];
+      std::printf("  %s%s", cell.c_str(), last ? "" : std::string(width < 13 ? 13 - width : 0, ' ').c_str());
+      char line[320];
+      std::snprintf(line, sizeof line, "  %-6s %.0e FLOPs: %s", memory, flops, memory_text(m).c_str());
+      details.emplace_back(line);
     }
+    if (!opt.json) std::printf("\n");
   }
-  if (opt.json) std::cout << nlohmann::json{{"table", rows}}.dump(2) << "\n";
+  if (opt.json) {
+    std::cout << nlohmann::json{{"table", rows}}.dump(2) << "\n";
+    return;
+  }
+  std::printf("Each cell's shape, size and tokens:\n");
+  for (const std::string& line : details) std::printf("%s\n", line.c_str());
 }
 
 void run_plan(const PlanOptions& opt) {

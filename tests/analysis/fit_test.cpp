@@ -2,7 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
 
 #include "moesweep/input_error.h"
 #include "synthetic_runs.h"
@@ -12,11 +16,12 @@ namespace {
 
 constexpr double kNoise = 0.005;  // in ln L, a little below the paper's 0.0062 train RMSE
 
-// Small enough for the test suite, large enough to find the paper's basin: 729 of the 3^9 grid starts
-// and 60 bootstrap refits.
+// Small enough for the test suite, large enough to find the paper's basin: 243 of the 3^9 grid starts
+// (on the paper-like runs they reach the same optimum, to the last digit of the objective, as all
+// 19683) and 60 bootstrap refits.
 FitOptions quick_options() {
   FitOptions options;
-  options.starts = 729;
+  options.starts = 243;
   options.bootstrap = 60;
   return options;
 }
@@ -39,19 +44,23 @@ TEST(Fit, RecoversAPaperLikeLawToTheNoiseLevelOnHeldOutRuns) {
   EXPECT_GT(fit.converged_starts, 0u);
 }
 
-TEST(Fit, BootstrapIntervalsCoverTheTrueComputeOptimaAndMostCoefficients) {
+TEST(Fit, BootstrapIntervalsOnThePaperLikeGridCoverTheComputeOptimaAndShowEMaxIsLoose) {
   const FitResult& fit = paper_like_fit();
   ASSERT_EQ(fit.coefficient_intervals.size(), kCoefficientCount);
   EXPECT_GE(fit.bootstrap_converged, 55u);
-  const auto truth = to_array(paper_coefficients());
-  std::size_t covered = 0;
+  const auto point = to_array(fit.coefficients);
   for (std::size_t i = 0; i < kCoefficientCount; ++i) {
     const Interval& interval = fit.coefficient_intervals[i];
-    EXPECT_LT(interval.low, interval.high) << kCoefficientNames[i];
-    if (interval.low <= truth[i] && truth[i] <= interval.high) ++covered;
+    EXPECT_LT(interval.low, interval.high)
+        << kCoefficientNames[i] << ": a zero-width interval claims certainty";
+    EXPECT_LE(interval.low, point[i]) << kCoefficientNames[i];
+    EXPECT_GE(interval.high, point[i]) << kCoefficientNames[i];
   }
-  // Eleven correlated 90% intervals: some miss by chance; most must hold the truth.
-  EXPECT_GE(covered, 7u);
+  // The runs stop at E = 64, far below the true E_max = 290, so they barely see Ê saturate (see
+  // synthetic_runs.h): what a user must see is an E_max interval spanning a wide range, not a
+  // measurement. Whether each interval holds the truth is tested where E_max is identified, below.
+  const Interval& e_max = fit.coefficient_intervals[10];
+  EXPECT_GT(e_max.high / e_max.low, 3.0) << "[" << e_max.low << ", " << e_max.high << "]";
   // What a user acts on: the compute-optimal model at 1e22 FLOPs, for every E.
   const std::vector<Optimum> true_optima = compute_optimal(paper_coefficients(), Budget{1e22});
   ASSERT_EQ(fit.headline.size(), true_optima.size());
@@ -62,6 +71,140 @@ TEST(Fit, BootstrapIntervalsCoverTheTrueComputeOptimaAndMostCoefficients) {
     EXPECT_GE(h.n_act.high, true_optima[e].n_act) << "E = " << h.point.experts;
     EXPECT_LE(h.loss.low, true_optima[e].loss) << "E = " << h.point.experts;
     EXPECT_GE(h.loss.high, true_optima[e].loss) << "E = " << h.point.experts;
+  }
+}
+
+// The 90% intervals of all eleven coefficients are honest: over 16 independent noise draws on a grid
+// that identifies every coefficient, each interval holds the true value about 90% of the time, and is
+// as wide as the real scatter of the fitted value from draw to draw.
+//
+// A single draw cannot show this: the coefficients are strongly correlated (a, α, δ, E_start move
+// together), so one unlucky draw pushes several of them outside their intervals at once, and with
+// correctly calibrated 90% intervals all eleven hold the truth on only about half of the draws. The
+// seeds are the first 16, not chosen; the thresholds leave room for sampling error only (at a true 90%
+// coverage, 10 or fewer of 16 happens with probability 0.003), and a bootstrap whose refits did not
+// move (intervals too narrow) or moved too much (too wide) fails the width check.
+TEST(Fit, BootstrapIntervalsAreCalibratedForAllElevenCoefficients) {
+  constexpr unsigned kDraws = 16;
+  FitOptions options;
+  options.starts = 81;  // the grid identifies the law: 81 starts find the same optimum as 3^9
+  options.bootstrap = 100;
+  const auto truth = to_array(paper_coefficients());
+  // Compared in the solver's own scale (logs of the positive scales, 1/E_max), where the fitted
+  // values scatter roughly symmetrically; the percentile intervals carry over unchanged.
+  auto solver_scale = [](std::size_t i, double v) {
+    switch (i) {
+      case 0:
+      case 4:
+      case 8:
+      case 9:
+        return std::log(v);  // a, b, c, e_start
+      case 10:
+        return 1.0 / v;  // e_max
+      default:
+        return v;
+    }
+  };
+  std::array<std::size_t, kCoefficientCount> covered{};
+  std::array<std::vector<double>, kCoefficientCount> fitted, half_widths;
+  for (unsigned seed = 1; seed <= kDraws; ++seed) {
+    const FitResult fit = fit_law(testing::identifying_runs(paper_coefficients(), kNoise, seed), options);
+    ASSERT_EQ(fit.coefficient_intervals.size(), kCoefficientCount);
+    EXPECT_GE(fit.bootstrap_converged, 90u) << "seed " << seed;
+    EXPECT_TRUE(coefficients_at_bounds(fit.coefficients).empty()) << "seed " << seed;
+    const auto point = to_array(fit.coefficients);
+    for (std::size_t i = 0; i < kCoefficientCount; ++i) {
+      const Interval& interval = fit.coefficient_intervals[i];
+      if (interval.low <= truth[i] && truth[i] <= interval.high) ++covered[i];
+      fitted[i].push_back(solver_scale(i, point[i]));
+      half_widths[i].push_back(std::abs(solver_scale(i, interval.high) - solver_scale(i, interval.low)) / 2);
+    }
+  }
+  std::size_t total = 0;
+  for (std::size_t i = 0; i < kCoefficientCount; ++i) {
+    total += covered[i];
+    EXPECT_GE(covered[i], 11u) << kCoefficientNames[i] << ": the truth was inside " << covered[i] << " of "
+                               << kDraws << " 90% intervals";
+    double mean = 0, mean_half_width = 0;
+    for (std::size_t k = 0; k < kDraws; ++k)
+      mean += fitted[i][k] / kDraws, mean_half_width += half_widths[i][k] / kDraws;
+    double variance = 0;
+    for (const double v : fitted[i]) variance += (v - mean) * (v - mean) / (kDraws - 1);
+    // A 90% interval of a normal estimate is ±1.645 standard deviations.
+    const double ratio = mean_half_width / (1.645 * std::sqrt(variance));
+    EXPECT_GT(ratio, 0.6) << kCoefficientNames[i] << ": bootstrap intervals narrower than the real scatter";
+    EXPECT_LT(ratio, 1.7) << kCoefficientNames[i] << ": bootstrap intervals wider than the real scatter";
+    std::printf("  %-8s covered %2zu/%u  interval half-width / (1.645 sd of fits) %.2f\n",
+                std::string(kCoefficientNames[i]).c_str(), covered[i], kDraws, ratio);
+  }
+  EXPECT_GE(total, 0.8 * kDraws * kCoefficientCount) << total << " of " << kDraws * kCoefficientCount;
+}
+
+TEST(Fit, EStartStaysAtOrAboveOneEvenWhenTheDataWantLess) {
+  // Runs from a law with E_start = 0.5: the best unconstrained fit would put E_start below one
+  // expert's worth. The fit and every bootstrap refit must stop at the bound, and say so.
+  Coefficients truth = paper_coefficients();
+  truth.e_start = 0.5;
+  FitOptions options = quick_options();
+  options.starts = 81;
+  options.bootstrap = 20;
+  const FitResult fit = fit_law(testing::synthetic_runs(truth, kNoise, 8), options);
+  EXPECT_GE(fit.coefficients.e_start, kMinEStart);
+  EXPECT_NEAR(fit.coefficients.e_start, kMinEStart, 1e-6) << "the data pull E_start onto its bound";
+  EXPECT_GE(fit.coefficient_intervals[9].low, kMinEStart * (1 - 1e-12)) << "bootstrap refits keep the bound";
+  EXPECT_EQ(coefficients_at_bounds(fit.coefficients), std::vector<std::string>{"e_start"});
+}
+
+TEST(Fit, RunsWithoutSaturationGiveEMaxAtItsBoundWithAnHonestInterval) {
+  // Runs from a law whose benefit of experts never saturates (E_max far beyond the bound). The fit
+  // must not report a precise astronomical E_max (in ln E_max that limit is flat, and refits started
+  // there never moved: intervals like [1e27, 1e27]); it stops at kMaxEMax, flags it, and the
+  // bootstrap interval runs from what the runs do show (no saturation up to E = 64) to the bound.
+  Coefficients truth = paper_coefficients();
+  truth.e_max = 1e12;
+  FitOptions options = quick_options();
+  options.starts = 81;
+  options.bootstrap = 40;
+  const FitResult fit = fit_law(testing::synthetic_runs(truth, kNoise, 9), options);
+  EXPECT_TRUE(e_max_at_bound(fit.coefficients.e_max)) << fit.coefficients.e_max;
+  EXPECT_EQ(coefficients_at_bounds(fit.coefficients), std::vector<std::string>{"e_max"});
+  const Interval& e_max = fit.coefficient_intervals[10];
+  EXPECT_TRUE(e_max_at_bound(e_max.high)) << e_max.high;
+  EXPECT_LT(e_max.low, 0.5 * e_max.high) << "refits moved off the bound: the interval is not a point";
+  EXPECT_GT(e_max.low, 64) << "yet the runs do rule out saturation below their largest E";
+}
+
+TEST(Fit, NoConvergedStartIsAnErrorNotAResult) {
+  // One solver iteration is never enough to converge from the grid: the fit must throw (exit 1 in the
+  // CLI) rather than return the best unconverged point.
+  FitOptions options = quick_options();
+  options.starts = 9;
+  options.bootstrap = 0;
+  options.max_iterations = 1;
+  try {
+    fit_law(testing::synthetic_runs(paper_coefficients(), kNoise, 10), options);
+    FAIL() << "expected std::runtime_error";
+  } catch (const InputError& e) {
+    FAIL() << "not bad input: " << e.what();
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("did not converge from any of the 9 starting points"),
+              std::string::npos)
+        << e.what();
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << "one line";
+  }
+}
+
+TEST(Fit, RepeatsOfOnePointAreBadInputNotAPerfectFit) {
+  // 40 runs of one configuration: enough rows, no information about the law's shape.
+  std::vector<analysis::Run> runs(40, analysis::Run{1e8, 1e9, 1, 3.0, ""});
+  for (std::size_t i = 0; i < runs.size(); ++i) runs[i].loss = 3.0 + 0.001 * static_cast<double>(i % 7);
+  try {
+    fit_law(runs, quick_options());
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("only 1 distinct (n_act, tokens, experts) points to fit 5"),
+              std::string::npos)
+        << e.what();
   }
 }
 

@@ -31,6 +31,23 @@ TEST(Law, TransformedExpertsMatchClarksFormulaForOneToThirtyTwo) {
   EXPECT_NEAR(transformed_experts(1, e_start, e_max), 2.0732, 0.01);
 }
 
+TEST(Law, PredictionStaysFiniteWhereTheTermsFactorsOverflow) {
+  // A fit far from the paper's law (seen on noisy data): Ê^δ overflows and N^α underflows, while
+  // their product a·Ê^δ·N^α is an ordinary number. Multiplying the factors gave ∞·0 = NaN, which
+  // reached the report's error table; the terms are now computed as exp of their logarithms.
+  Coefficients k = paper_coefficients();
+  k.delta = 400;  // Ê(8) ≈ 9: 9^400 ≈ 1e381 overflows
+  k.alpha = -45;  // (1e9)^-45 underflows to 0
+  k.gamma = 0;
+  const double log_ehat = std::log(transformed_experts(8, k.e_start, k.e_max));
+  const double expected_params_term = std::exp(std::log(k.a) + 400 * log_ehat - 45 * std::log(1e9));
+  const double data_term = k.b * std::pow(transformed_experts(8, k.e_start, k.e_max), k.omega) *
+                           std::pow(1e10, k.beta + k.zeta * log_ehat);
+  const double loss = predict_loss(k, 1e9, 1e10, 8);
+  ASSERT_TRUE(std::isfinite(loss));
+  EXPECT_NEAR(loss, expected_params_term + data_term + k.c, 1e-9 * loss);
+}
+
 TEST(Law, MoreExpertsLowerThePaperLossAtFixedActiveSize) {
   const Coefficients paper = paper_coefficients();
   EXPECT_LT(predict_loss(paper, 1e9, 1e11, 8), predict_loss(paper, 1e9, 1e11, 1));

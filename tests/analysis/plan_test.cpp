@@ -53,6 +53,19 @@ TEST(Plan, MemoryOptimumFitsItsBudgetAndTightBudgetsCostLoss) {
   EXPECT_NEAR(6 * tight->optimum.n_act * tight->optimum.tokens, 1e22, 1e13);
 }
 
+TEST(Plan, MemoryOptimumSpendsTheBudgetOnTrainingAndInference) {
+  Budget budget{1e22, 1e12};
+  budget.memory_bytes = 80e9;
+  const auto served = memory_optimal(paper_coefficients(), budget);
+  budget.inference_tokens = 0;
+  const auto plain = memory_optimal(paper_coefficients(), budget);
+  ASSERT_TRUE(served && plain);
+  const Optimum& o = served->optimum;
+  EXPECT_NEAR(6 * o.n_act * o.tokens + 2 * o.n_act * 1e12, 1e22, 1e22 * 1e-9);
+  EXPECT_LE(o.n_act, plain->optimum.n_act) << "serving tokens favours a smaller active model";
+  EXPECT_GT(o.loss, plain->optimum.loss) << "serving costs training compute";
+}
+
 TEST(Plan, KvCacheTakesMemoryFromTheModel) {
   Budget budget{1e22};
   budget.memory_bytes = 24e9;

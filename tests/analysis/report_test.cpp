@@ -50,6 +50,28 @@ TEST_F(Report, JsonCarriesTheIssueSchemaInDesignSignConvention) {
   EXPECT_EQ(json["form"], "joint");
   EXPECT_EQ(json["compute_optimal"]["optima"].size(), std::size(kPlannerExperts));
   EXPECT_EQ(json["intervals"]["alpha"].size(), 2u);
+  EXPECT_EQ(json["bounds"]["e_start_min"].get<double>(), 1.0);
+  EXPECT_EQ(json["bounds"]["e_max_max"].get<double>(), kMaxEMax);
+  // On this grid (E ≤ 64) E_max may well end on its bound (see synthetic_runs.h); at_bound says which.
+  EXPECT_EQ(json["at_bound"], nlohmann::json(coefficients_at_bounds(fit.coefficients)));
+}
+
+TEST_F(Report, ACoefficientOnItsBoundIsFlaggedInTheReportAndJson) {
+  const auto runs = testing::synthetic_runs(paper_coefficients(), 0.005, 5);
+  FitOptions options = quick_options();
+  options.starts = 27;
+  options.bootstrap = 0;
+  FitResult fit = fit_law(runs, options);
+  fit.coefficients.e_start = kMinEStart;  // as a fit that ended on both bounds reports them
+  fit.coefficients.e_max = kMaxEMax;
+  EXPECT_EQ(fit_json(fit, runs, options, "x.csv")["at_bound"], (nlohmann::json{"e_start", "e_max"}));
+  write_fit_report(dir_, fit, runs, options, "x.csv");
+  const std::string report = read_text(dir_ / "report.md");
+  EXPECT_NE(report.find("**E_max is at its bound 1e+06: the runs show no saturation of the benefit of "
+                        "experts up to E = 64, so E_max is not identified.**"),
+            std::string::npos)
+      << report;
+  EXPECT_NE(report.find("**E_start is at its bound 1:"), std::string::npos) << report;
 }
 
 TEST_F(Report, OutFolderHoldsAReusableFitTomlTheReportAndPlots) {
@@ -64,6 +86,9 @@ TEST_F(Report, OutFolderHoldsAReusableFitTomlTheReportAndPlots) {
 
   const std::string report = read_text(dir_ / "report.md");
   EXPECT_NE(report.find("## Extrapolation check"), std::string::npos);
+  EXPECT_NE(report.find("Bounds: E_start ≥ 1 and E_max ≤ 1e+06 are enforced"), std::string::npos);
+  EXPECT_EQ(report.find("E_max is at its bound") != std::string::npos,
+            e_max_at_bound(fit.coefficients.e_max));
   EXPECT_NE(report.find("| held out | 10 |"), std::string::npos);
   EXPECT_NE(report.find("Compute-optimal models at 1e+22 FLOPs"), std::string::npos);
 

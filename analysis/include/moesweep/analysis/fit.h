@@ -32,6 +32,15 @@ std::vector<std::size_t> select_heldout(const std::vector<Run>& runs, const Held
 // fit has five free coefficients (3^5 = 243).
 inline constexpr std::size_t kFullJointGrid = 19683;
 
+// The fit's bounds on the saturation parameters. E_start ≥ 1: Ê at E = 1 is about E_start, and below
+// one expert's worth the transform has no meaning. E_max ≤ kMaxEMax: a fit that reaches this bound
+// found no saturation of the benefit of experts in the runs (E_max is then not identified; the report
+// and the summary say so).
+inline constexpr double kMinEStart = 1.0;
+inline constexpr double kMaxEMax = 1e6;
+// Whether a fitted or bootstrap E_max sits at kMaxEMax, i.e. the runs show no saturation.
+inline bool e_max_at_bound(double e_max) { return e_max >= 0.999 * kMaxEMax; }
+
 struct FitOptions {
   HeldoutRule heldout;
   double huber_delta = 0.01;
@@ -40,7 +49,9 @@ struct FitOptions {
   unsigned seed = 0;                    // bootstrap resampling
   unsigned threads = 0;                 // 0 = all hardware threads
   double headline_flops = 1e22;         // budget of the planner answers the bootstrap gives intervals for
-  // Called from the fitting threads as work completes: stage is "starts" or "bootstrap".
+  int max_iterations = 500;  // per solve (short solves use at most 20); a solve that hits it did not converge
+  // Called from the fitting threads as work completes: stage is "screen", "short solves", "polish" or
+  // "bootstrap".
   std::function<void(std::string_view stage, std::size_t done, std::size_t total)> progress;
 };
 
@@ -76,9 +87,13 @@ struct FitResult {
   double seconds = 0;
 };
 
-// Throws InputError when the training runs are fewer than the fitted parameters or the held-out rule
-// leaves none, std::runtime_error when no start converges.
+// Throws InputError when the training runs (or their distinct (N_act, D, E) points) are fewer than the
+// fitted parameters, std::runtime_error when no start converges (no result, so nothing to report).
 FitResult fit_law(const std::vector<Run>& runs, const FitOptions& options);
+
+// The names of the coefficients a fit left on one of its bounds (E_start at kMinEStart, E_max at
+// kMaxEMax): the runs did not identify them. Empty for a dense fit, which does not fit either.
+std::vector<std::string> coefficients_at_bounds(const Coefficients& k);
 
 ErrorSummary error_summary(const Coefficients& k, const std::vector<Run>& runs,
                            const std::vector<std::size_t>& which);
