@@ -10,7 +10,6 @@
 namespace moesweep::analysis {
 namespace {
 
-constexpr double kVocabulary = 50257;
 constexpr double kBytesPerElement = 2;
 constexpr int kLayerWidth = 64;       // d_model per layer in the paper's shape family
 constexpr int kMaxWidthSteps = 4096;  // d_model up to 262144: far beyond any budget the paper considers
@@ -71,12 +70,12 @@ std::vector<Optimum> compute_optimal(const Coefficients& k, const Budget& budget
 
 double active_params(const Shape& shape) {
   const double d = shape.d_model;
-  return 13.0 * d * d * shape.n_layers + 2.0 * d * kVocabulary;
+  return 13.0 * d * d * shape.n_layers + 2.0 * d * shape.vocabulary;
 }
 
 double total_params(const Shape& shape, int experts) {
   const double d = shape.d_model;
-  return (4.0 + 9.0 * experts) * d * d * shape.n_layers + 2.0 * d * kVocabulary;
+  return (4.0 + 9.0 * experts) * d * d * shape.n_layers + 2.0 * d * shape.vocabulary;
 }
 
 double memory_bytes(const Shape& shape, int experts, double kv_tokens) {
@@ -88,7 +87,7 @@ std::optional<MemoryOptimum> memory_optimal(const Coefficients& k, const Budget&
   std::optional<MemoryOptimum> best;
   for (const int experts : kPlannerExperts) {
     for (int step = 1; step <= kMaxWidthSteps; ++step) {
-      const Shape shape{step * kLayerWidth, step};
+      const Shape shape{step * kLayerWidth, step, budget.vocabulary};
       const double memory = memory_bytes(shape, experts, budget.kv_tokens);
       if (memory > budget.memory_bytes) break;  // memory grows with d_model
       const double n_act = active_params(shape);

@@ -21,6 +21,7 @@ struct PlanOptions {
   std::string memory;
   double kv_tokens = 0;
   double inference_tokens = 0;
+  double vocabulary = analysis::kPaperVocabulary;
   bool table = false;
   bool json = false;
 };
@@ -81,7 +82,7 @@ void run_table(const analysis::Coefficients& k, const PlanOptions& opt) {
     if (!opt.json) std::printf("  %-8s", memory);
     for (const double flops : analysis::kTable2Flops) {
       analysis::Budget budget{flops, opt.inference_tokens, analysis::parse_bytes(memory, "--table"),
-                              opt.kv_tokens};
+                              opt.kv_tokens, opt.vocabulary};
       const auto m = analysis::memory_optimal(k, budget);
       if (opt.json) {
         rows.push_back({{"memory", memory},
@@ -117,7 +118,7 @@ void run_plan(const PlanOptions& opt) {
   if (!(opt.flops > 0))
     throw InputError::at("--flops", 0, "", "required (a positive FLOP budget) unless --table");
 
-  analysis::Budget budget{opt.flops, opt.inference_tokens, 0, opt.kv_tokens};
+  analysis::Budget budget{opt.flops, opt.inference_tokens, 0, opt.kv_tokens, opt.vocabulary};
   if (!opt.memory.empty()) budget.memory_bytes = analysis::parse_bytes(opt.memory, "--memory");
   if (2.0 * opt.inference_tokens * analysis::kSmallestModel >= opt.flops)
     throw InputError::at("--inference-tokens", 0, "",
@@ -131,7 +132,8 @@ void run_plan(const PlanOptions& opt) {
     nlohmann::json out{{"coefficients", opt.coefficients},
                        {"flops", opt.flops},
                        {"inference_tokens", opt.inference_tokens},
-                       {"kv_tokens", opt.kv_tokens}};
+                       {"kv_tokens", opt.kv_tokens},
+                       {"vocabulary", opt.vocabulary}};
     out["compute_optimal"] = nlohmann::json::array();
     for (const auto& o : compute)
       out["compute_optimal"].push_back(
@@ -154,8 +156,10 @@ void run_plan(const PlanOptions& opt) {
                 human_count(o.tokens).c_str(), o.loss);
   if (k.form == analysis::LawForm::dense) std::printf("  (a dense-only fit: it cannot rank E > 1)\n");
   if (budget.memory_bytes > 0)
-    std::printf("Memory-optimal within %s (KV cache %s tokens, 2 bytes per element):\n  %s\n",
-                opt.memory.c_str(), human_count(opt.kv_tokens).c_str(), memory_text(memory).c_str());
+    std::printf(
+        "Memory-optimal within %s (shapes n_layers = d_model/64, V = %.0f; KV cache %s tokens, 2 bytes per "
+        "element):\n  %s\n",
+        opt.memory.c_str(), opt.vocabulary, human_count(opt.kv_tokens).c_str(), memory_text(memory).c_str());
 }
 
 }  // namespace
@@ -172,6 +176,11 @@ void add_plan(CLI::App& app) {
   cmd->add_option("--kv-tokens", opt->kv_tokens, "Tokens of KV cache held in memory (default 0)");
   cmd->add_option("--inference-tokens", opt->inference_tokens,
                   "Tokens to serve; each costs 2·N_act FLOPs from the same budget (default 0)");
+  cmd->add_option("--vocab", opt->vocabulary,
+                  "Vocabulary of the memory search's shapes (embedding and head count 2·d·V): 50257 for "
+                  "GPT-2 as in the paper, 256 for a byte-level study")
+      ->check(kPositive)
+      ->capture_default_str();
   cmd->add_flag("--table", opt->table, "The paper's Table 2: memory 24GB/80GB/640GB × 1e21/1e22/1e23 FLOPs");
   cmd->add_flag("--json", opt->json, "Machine-readable output");
   cmd->callback([opt] { run_plan(*opt); });

@@ -82,6 +82,25 @@ TEST(Plan, NothingFitsInAKilobyte) {
   EXPECT_FALSE(memory_optimal(paper_coefficients(), budget));
 }
 
+// A byte-level study (V = 256) plans in its own shape family: a megabyte holds no GPT-2 model (the
+// embedding alone of d_model 64 is 6.4M parameters) but several byte-level ones.
+TEST(Plan, ByteVocabularyShapesFitWhereGpt2OnesDoNot) {
+  const Shape byte_shape{64, 1, 256};
+  EXPECT_DOUBLE_EQ(active_params(byte_shape), 13.0 * 64 * 64 + 2.0 * 64 * 256);
+  EXPECT_DOUBLE_EQ(total_params(byte_shape, 8), 76.0 * 64 * 64 + 2.0 * 64 * 256);
+
+  Budget budget{1e13};
+  budget.memory_bytes = 1e6;
+  EXPECT_FALSE(memory_optimal(paper_coefficients(), budget));
+  budget.vocabulary = 256;
+  const auto best = memory_optimal(paper_coefficients(), budget);
+  ASSERT_TRUE(best);
+  EXPECT_LE(best->memory_bytes, 1e6);
+  EXPECT_DOUBLE_EQ(best->shape.vocabulary, 256);
+  EXPECT_DOUBLE_EQ(best->n_total, total_params(best->shape, best->optimum.experts));
+  EXPECT_NEAR(6.0 * best->optimum.n_act * best->optimum.tokens, 1e13, 1e13 * 1e-9);
+}
+
 TEST(Plan, MemoryUnitsParse) {
   EXPECT_DOUBLE_EQ(parse_bytes("24GB", "--memory"), 24e9);
   EXPECT_DOUBLE_EQ(parse_bytes("1.5 TB", "--memory"), 1.5e12);

@@ -18,11 +18,15 @@ inline constexpr int kMaxPlannerExperts = 32;
 // The smallest model (active parameters) the compute-optimal search considers.
 inline constexpr double kSmallestModel = 1e3;
 
+// The GPT-2 vocabulary, the paper's. A byte-level study plans with 256.
+inline constexpr double kPaperVocabulary = 50257;
+
 struct Budget {
   double flops = 0;             // total compute: training plus, when given, inference
   double inference_tokens = 0;  // tokens served over the model's life, each costing 2·N_act FLOPs
   double memory_bytes = 0;      // 0 = no memory limit
   double kv_tokens = 0;         // tokens of KV cache held in memory at inference
+  double vocabulary = kPaperVocabulary;  // V in the shape family's embedding and head (memory_optimal)
 };
 
 struct Optimum {
@@ -37,10 +41,11 @@ struct Optimum {
 std::vector<Optimum> compute_optimal(const Coefficients& k, const Budget& budget);
 
 // The paper's shape family: n_layers = d_model / 64, so N_act = 13·d³/64 + 2·d·V and
-// N_total = ((4 + 9E)/64)·d³ + 2·d·V with V = 50257.
+// N_total = ((4 + 9E)/64)·d³ + 2·d·V (V = 50257 in the paper).
 struct Shape {
   int d_model = 0;
   int n_layers = 0;
+  double vocabulary = kPaperVocabulary;
 };
 double active_params(const Shape& shape);
 double total_params(const Shape& shape, int experts);
