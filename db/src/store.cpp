@@ -16,7 +16,7 @@ namespace {
 // Forward migrations: migration i (1-based) takes the schema from version i−1 to version i. Never edit a
 // migration that has shipped; add a new one. Views are dropped and recreated by the last migration that
 // touches them.
-constexpr std::array<const char*, 2> kMigrations = {
+constexpr std::array<const char*, 3> kMigrations = {
     // v1: the core tables.
     R"sql(
 CREATE TABLE sweeps (
@@ -114,10 +114,58 @@ SELECT s.name AS sweep, r.state AS state, COUNT(*) AS runs,
 FROM sweeps s JOIN sweep_runs sr ON sr.sweep_id = s.id JOIN runs r ON r.id = sr.run_id
 GROUP BY s.name, r.state;
 )sql",
+    // v3: cooldown branching. A run is an independent run, a trunk or a branch of a trunk (starting from
+    // its checkpoint at branch_step); trained_tokens is what a run trains itself, so the views count a
+    // trunk's shared work once (in the trunk) and a branch's own cooldown in the branch: `status` and
+    // `sweep_summary` keep their columns, with progress and FLOPs by trained_tokens. The `branches` view
+    // shows each branch with its trunk.
+    R"sql(
+ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'run' CHECK (kind IN ('run','trunk','branch'));
+ALTER TABLE runs ADD COLUMN trunk_id INTEGER REFERENCES runs(id);
+ALTER TABLE runs ADD COLUMN branch_step INTEGER;
+ALTER TABLE runs ADD COLUMN branch_tokens INTEGER;
+ALTER TABLE runs ADD COLUMN trained_tokens INTEGER;
+UPDATE runs SET trained_tokens = tokens;
+CREATE INDEX runs_by_trunk ON runs(trunk_id);
+
+DROP VIEW IF EXISTS status;
+CREATE VIEW status AS
+SELECT r.run_key, r.state, r.n_act, r.tokens, r.experts,
+       CASE WHEN r.state = 'done' THEN 1.0
+            ELSE MIN(1.0, MAX(0.0, CAST(r.tokens_done - COALESCE(r.branch_tokens, 0) AS REAL)) /
+                          COALESCE(r.trained_tokens, r.tokens)) END AS progress,
+       r.step, r.last_loss, r.final_loss, r.tokens_per_s,
+       a.rank AS rank, COALESCE(a.ranks, 0) AS ranks, r.attempts, r.updated_at, r.error,
+       6.0 * r.n_act * COALESCE(r.trained_tokens, r.tokens) AS flops
+FROM runs r
+LEFT JOIN attempts a ON a.id = (SELECT MAX(id) FROM attempts WHERE run_id = r.id);
+
+DROP VIEW IF EXISTS sweep_summary;
+CREATE VIEW sweep_summary AS
+SELECT s.name AS sweep, r.state AS state, COUNT(*) AS runs,
+       SUM(6.0 * r.n_act * CASE WHEN r.state = 'done' THEN COALESCE(r.trained_tokens, r.tokens)
+                                ELSE MIN(MAX(r.tokens_done - COALESCE(r.branch_tokens, 0), 0),
+                                         COALESCE(r.trained_tokens, r.tokens)) END) AS flops_done,
+       SUM(6.0 * r.n_act * COALESCE(r.trained_tokens, r.tokens)) AS flops_total
+FROM sweeps s JOIN sweep_runs sr ON sr.sweep_id = s.id JOIN runs r ON r.id = sr.run_id
+GROUP BY s.name, r.state;
+
+CREATE VIEW branches AS
+SELECT b.run_key AS branch, t.run_key AS trunk, b.experts, b.tokens, b.branch_step, b.branch_tokens,
+       b.trained_tokens, b.state, t.state AS trunk_state, b.final_loss
+FROM runs b LEFT JOIN runs t ON t.id = b.trunk_id
+WHERE b.kind = 'branch';
+)sql",
 };
 
+// "FILE: what SQLite said", so a failing write ("database or disk is full") names the database.
+std::string sqlite_error(sqlite3* db, const std::string& message) {
+  const char* file = db ? sqlite3_db_filename(db, "main") : nullptr;
+  return (file && *file ? std::string(file) : std::string("sqlite")) + ": " + message;
+}
+
 [[noreturn]] void fail(sqlite3* db, const std::string& what) {
-  throw std::runtime_error(what + ": " + (db ? sqlite3_errmsg(db) : "out of memory"));
+  throw std::runtime_error(db ? sqlite_error(db, sqlite3_errmsg(db)) : what + ": out of memory");
 }
 
 void exec(sqlite3* db, const char* sql) {
@@ -125,7 +173,7 @@ void exec(sqlite3* db, const char* sql) {
   if (sqlite3_exec(db, sql, nullptr, nullptr, &message) != SQLITE_OK) {
     std::string text = message ? message : "unknown error";
     sqlite3_free(message);
-    throw std::runtime_error(std::string("sqlite: ") + text);
+    throw std::runtime_error(sqlite_error(db, text));
   }
 }
 
@@ -230,6 +278,18 @@ void migrate(sqlite3* db, const std::string& path, int target) {
   }
 }
 
+// Another program's database, or one from a newer moesweep, is refused before anything writes to it
+// (switching it to WAL would already change it). migrate() checks the same for files opened later.
+void refuse_if_not_ours(sqlite3* db, const std::string& path) {
+  const int version = read_user_version(db);
+  Statement tables(db, "SELECT COUNT(*) FROM sqlite_master");
+  if (version == 0 && tables.step() && tables.i64(0) > 0)
+    throw InputError(path + ": not a moesweep database (it has other tables)");
+  if (version > latest_schema_version())
+    throw InputError(path + ": schema version " + std::to_string(version) + " is newer than this moesweep (" +
+                     std::to_string(latest_schema_version()) + "); upgrade moesweep");
+}
+
 sqlite3* open_connection(const std::string& path, Store::Mode mode) {
   if (mode == Store::Mode::ReadOnly && access(path.c_str(), R_OK) != 0)
     throw InputError(path + ": no such database (or not readable)");
@@ -243,17 +303,25 @@ sqlite3* open_connection(const std::string& path, Store::Mode mode) {
   }
   // Readers wait for the writer's short transactions instead of failing with "database is locked".
   sqlite3_busy_timeout(db, 10'000);
+  // No checkpoint-on-close: it takes a lock on the database file that a reader opening at that instant
+  // (a sqlite3 shell has no busy timeout) meets as "database is locked". close() checkpoints instead.
+  sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
   try {
     // Probe the header: a non-SQLite file fails here with "file is not a database".
     Statement(db, "SELECT COUNT(*) FROM sqlite_master").run();
     if (mode == Store::Mode::ReadWrite) {
+      refuse_if_not_ours(db, path);  // before the first write: a refused file stays byte-identical
       exec(db, "PRAGMA journal_mode = WAL");
       exec(db, "PRAGMA synchronous = NORMAL");  // durable at checkpoints; WAL keeps it consistent
       exec(db, "PRAGMA foreign_keys = ON");
     }
-  } catch (const std::runtime_error& e) {
+  } catch (const InputError&) {
     sqlite3_close(db);
-    throw InputError(path + ": not a moesweep database (" + e.what() + ")");
+    throw;
+  } catch (const std::runtime_error&) {
+    const std::string reason = sqlite3_errmsg(db);  // "file is not a database", without our "prepare: "
+    sqlite3_close(db);
+    throw InputError(path + ": not a moesweep database (" + reason + ")");
   }
   return db;
 }
@@ -276,10 +344,22 @@ StatusRow status_row(const Statement& s) {
   r.updated_at = s.text(13);
   r.error = s.text(14);
   r.flops = s.f64(15);
+  // Not in the view (its columns are a stable interface): Store::status joins them from runs.
+  r.kind = s.text(16);
+  r.trunk_key = s.text(17);
+  if (!s.is_null(18)) r.branch_step = s.i64(18);
+  r.trained_tokens = s.i64(19);
   return r;
 }
 
 constexpr const char* kNow = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
+
+// A passive checkpoint moves the WAL into the database file without waiting for or blocking readers.
+void close_connection(sqlite3* db, Store::Mode mode) {
+  if (db && mode == Store::Mode::ReadWrite)
+    sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+  if (db) sqlite3_close(db);
+}
 
 }  // namespace
 
@@ -288,18 +368,17 @@ int latest_schema_version() { return static_cast<int>(kMigrations.size()); }
 Store::Store(sqlite3* db, std::string path, Mode mode) : db_(db), path_(std::move(path)), mode_(mode) {}
 Store::Store(Store&& other) noexcept
     : db_(std::exchange(other.db_, nullptr)), path_(std::move(other.path_)), mode_(other.mode_) {}
+
 Store& Store::operator=(Store&& other) noexcept {
   if (this != &other) {
-    if (db_) sqlite3_close(db_);
+    close_connection(db_, mode_);
     db_ = std::exchange(other.db_, nullptr);
     path_ = std::move(other.path_);
     mode_ = other.mode_;
   }
   return *this;
 }
-Store::~Store() {
-  if (db_) sqlite3_close(db_);
-}
+Store::~Store() { close_connection(db_, mode_); }
 
 Store Store::open(const std::string& path, Mode mode) {
   sqlite3* db = open_connection(path, mode);
@@ -315,6 +394,9 @@ Store Store::open(const std::string& path, Mode mode) {
           " is older than this moesweep; open it once read-write (e.g. moesweep run) to migrate");
   } else {
     migrate(db, path, latest_schema_version());
+    // Move what the WAL holds (the schema, earlier jobs' results) into the database file, so a WAL lost
+    // or damaged later (or a copy of sweep.db without sweep.db-wal) costs at most this job's writes.
+    sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
   }
   return store;
 }
@@ -345,7 +427,7 @@ std::int64_t Store::register_sweep(const std::string& name, const std::string& s
   Statement insert(
       db_,
       "INSERT OR IGNORE INTO runs(run_key, config_json, n_act, n_total, tokens, experts, d_model, "
-      "n_layers, n_heads, lr, flops) VALUES (?,?,?,?,?,?,?,?,?,?,?)");
+      "n_layers, n_heads, lr, flops, kind, trained_tokens) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)");
   Statement link(
       db_, "INSERT OR IGNORE INTO sweep_runs(sweep_id, run_id) SELECT ?, id FROM runs WHERE run_key = ?");
   std::int64_t inserted = 0;
@@ -353,12 +435,26 @@ std::int64_t Store::register_sweep(const std::string& name, const std::string& s
     insert.reset();
     insert.bind(1, r.run_key).bind(2, r.config_json).bind(3, r.n_act).bind(4, r.n_total).bind(5, r.tokens);
     insert.bind(6, r.experts).bind(7, r.d_model).bind(8, r.n_layers).bind(9, r.n_heads).bind(10, r.lr);
-    insert.bind(11, r.flops);
+    insert.bind(11, r.flops).bind(12, r.kind).bind(13, r.trained_tokens > 0 ? r.trained_tokens : r.tokens);
     insert.run();
     inserted += sqlite3_changes(db_);
     link.reset();
     link.bind(1, sid).bind(2, r.run_key);
     link.run();
+  }
+  // Branches point at their trunk once every row exists. A branch not yet done follows the sweep as it
+  // is now (adding a larger budget gives the model a longer trunk); a done one keeps the trunk it had.
+  Statement branch(db_,
+                   "UPDATE runs SET trunk_id = (SELECT id FROM runs WHERE run_key = ?), branch_step = ?, "
+                   "branch_tokens = ?, trained_tokens = ? "
+                   "WHERE run_key = ? AND kind = 'branch' AND state != 'done'");
+  for (const RunSpec& r : runs) {
+    if (r.kind != "branch") continue;
+    if (r.trunk_key.empty()) throw std::runtime_error("branch " + r.run_key + " has no trunk");
+    branch.reset();
+    branch.bind(1, r.trunk_key).bind(2, r.branch_step).bind(3, r.branch_tokens).bind(4, r.trained_tokens);
+    branch.bind(5, r.run_key);
+    branch.run();
   }
   t.commit();
   return inserted;
@@ -503,6 +599,25 @@ std::int64_t Store::reopen_runs(const std::string& sweep, const std::string& fro
   return reopened;
 }
 
+bool Store::reopen_run(const std::string& run_key, const std::string& reason) {
+  Transaction t(db_);
+  Statement(db_, (std::string("UPDATE runs SET state='pending', error=NULL, updated_at=") + kNow +
+                  " WHERE run_key=? AND state IN ('done','failed','diverged')")
+                     .c_str())
+      .bind(1, run_key)
+      .run();
+  const bool reopened = sqlite3_changes(db_) == 1;
+  if (reopened) {
+    Statement(db_,
+              "INSERT INTO events(run_id, kind, message) SELECT id, 'reopen', ? FROM runs WHERE run_key = ?")
+        .bind(1, reason)
+        .bind(2, run_key)
+        .run();
+  }
+  t.commit();
+  return reopened;
+}
+
 std::int64_t Store::count_attempts(const std::string& run_key, const std::string& exit_reason) const {
   Statement s(db_,
               "SELECT COUNT(*) FROM attempts a JOIN runs r ON r.id = a.run_id WHERE r.run_key=? AND a.exit_reason=?");
@@ -521,10 +636,14 @@ void Store::add_event(const std::string& kind, const std::string& message, const
 }
 
 std::vector<StatusRow> Store::status(const std::optional<std::string>& sweep) const {
-  const char* all = "SELECT * FROM status ORDER BY flops DESC, run_key";
+  const char* all =
+      "SELECT st.*, r.kind, COALESCE(t.run_key, ''), r.branch_step, COALESCE(r.trained_tokens, r.tokens) "
+      "FROM status st JOIN runs r ON r.run_key = st.run_key LEFT JOIN runs t ON t.id = r.trunk_id "
+      "ORDER BY st.flops DESC, st.run_key";
   const char* one =
-      "SELECT st.* FROM status st JOIN runs r ON r.run_key = st.run_key JOIN sweep_runs sr ON sr.run_id = "
-      "r.id "
+      "SELECT st.*, r.kind, COALESCE(t.run_key, ''), r.branch_step, COALESCE(r.trained_tokens, r.tokens) "
+      "FROM status st JOIN runs r ON r.run_key = st.run_key LEFT JOIN runs t ON t.id = r.trunk_id "
+      "JOIN sweep_runs sr ON sr.run_id = r.id "
       "JOIN sweeps s ON s.id = sr.sweep_id WHERE s.name = ? ORDER BY st.flops DESC, st.run_key";
   Statement s(db_, sweep ? one : all);
   if (sweep) s.bind(1, *sweep);
@@ -545,13 +664,13 @@ std::vector<SummaryRow> Store::summary(const std::optional<std::string>& sweep) 
 std::vector<FinishedRun> Store::finished_runs(const std::optional<std::string>& sweep) const {
   const char* all =
       "SELECT run_key, n_act, tokens, experts, final_loss FROM runs WHERE state='done' AND final_loss IS NOT "
-      "NULL "
+      "NULL AND kind != 'trunk' "
       "ORDER BY run_key";
   const char* one =
       "SELECT r.run_key, r.n_act, r.tokens, r.experts, r.final_loss FROM runs r JOIN sweep_runs sr ON "
       "sr.run_id = "
       "r.id JOIN sweeps s ON s.id = sr.sweep_id WHERE s.name = ? AND r.state='done' AND r.final_loss IS NOT "
-      "NULL "
+      "NULL AND r.kind != 'trunk' "
       "ORDER BY r.run_key";
   if (sweep && !this->sweep(*sweep)) throw InputError(path_ + ": no sweep named '" + *sweep + "'");
   Statement s(db_, sweep ? one : all);

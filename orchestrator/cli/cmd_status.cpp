@@ -42,7 +42,11 @@ nlohmann::json row_json(const db::StatusRow& r) {
           {"ranks", r.ranks},
           {"attempts", r.attempts},
           {"updated_at", r.updated_at},
-          {"error", r.error}};
+          {"error", r.error},
+          {"kind", r.kind},
+          {"trunk", r.trunk_key.empty() ? nlohmann::json() : nlohmann::json(r.trunk_key)},
+          {"branch_step", r.branch_step ? nlohmann::json(*r.branch_step) : nlohmann::json()},
+          {"trained_tokens", r.trained_tokens}};
 }
 
 std::string render_json(const db::Store& store, const std::optional<std::string>& sweep) {
@@ -94,6 +98,11 @@ std::string render_text(const db::Store& store, const std::optional<std::string>
   for (const char* state : {"done", "running", "pending", "preempted", "failed", "diverged"})
     if (auto it = p.runs_by_state.find(state); it != p.runs_by_state.end())
       o << " " << it->second << " " << state;
+  std::int64_t trunks = 0, trunks_done = 0;
+  for (const auto& r : rows)
+    if (r.kind == "trunk") ++trunks, trunks_done += r.state == "done";
+  if (trunks > 0)
+    o << " (" << trunks << " cooldown trunks, " << trunks_done << " done; the rest are their branches)";
   o << "\n";
 
   const double fraction = p.flops_total > 0 ? p.flops_done / p.flops_total : 0.0;
@@ -115,9 +124,9 @@ std::string render_text(const db::Store& store, const std::optional<std::string>
       o << line;
       header = true;
     }
-    std::snprintf(line, sizeof line, "  %-12s %3lld %8s %8s %8lld %5.1f%% %8s %10s %5s\n",
-                  r.run_key.substr(0, 12).c_str(), static_cast<long long>(r.experts),
-                  human_count(static_cast<double>(r.n_act)).c_str(),
+    const std::string key = r.kind == "run" ? r.run_key.substr(0, 12) : r.run_key.substr(0, 6) + " " + r.kind;
+    std::snprintf(line, sizeof line, "  %-12s %3lld %8s %8s %8lld %5.1f%% %8s %10s %5s\n", key.c_str(),
+                  static_cast<long long>(r.experts), human_count(static_cast<double>(r.n_act)).c_str(),
                   human_count(static_cast<double>(r.tokens)).c_str(), static_cast<long long>(r.step),
                   100.0 * r.progress, r.last_loss ? std::to_string(*r.last_loss).substr(0, 6).c_str() : "-",
                   r.tokens_per_s ? human_count(*r.tokens_per_s).c_str() : "-",
@@ -165,7 +174,7 @@ void add_status(CLI::App& app) {
   cmd->add_option("--sweep", opt->sweep, "Only this sweep (default: every sweep in the database)");
   cmd->add_flag("--json", opt->json, "Machine-readable output");
   cmd->add_option("--watch", opt->watch_seconds, "Refresh every SECONDS until interrupted")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->callback([opt] { run_status(*opt); });
 }
 

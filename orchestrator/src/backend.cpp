@@ -29,6 +29,56 @@ std::string device_of_this_rank(const std::string& device) {
   return device;
 }
 
+int rank_in(MPI_Comm comm) {
+  int rank = 0;
+  if (comm != MPI_COMM_NULL) MPI_Comm_rank(comm, &rank);
+  return rank;
+}
+
+// A branch found its trunk's checkpoint corrupt: move it aside (kept for a post-mortem) so that the
+// branch is no longer runnable and the trunk writes it again.
+void quarantine(const fs::path& file) {
+  std::error_code ec;
+  if (fs::exists(file, ec)) fs::rename(file, file.string() + ".corrupt", ec);
+}
+
+// A trunk that has passed a branch point whose checkpoint is gone (moved aside as corrupt, or deleted)
+// rolls back to write it again: its own checkpoints at or past that point are removed, and if none is
+// left before it, the newest kept branch-point checkpoint before it becomes the one to resume from.
+void roll_trunk_back_to_missing_branch_point(const ExpandedRun& trunk, const fs::path& checkpoint_dir,
+                                             const fs::path& keep_dir) {
+  const std::vector<std::int64_t> own = trainer::checkpoint_steps(checkpoint_dir);
+  if (own.empty()) return;
+  const trainer::StepBoundary* missing = nullptr;
+  for (const auto& point : trunk.branch_points)
+    if (point.step <= own.back() && !fs::exists(trainer::checkpoint_path(keep_dir, point.step))) {
+      missing = &point;
+      break;
+    }
+  if (!missing) return;
+  bool earlier = false;
+  for (const std::int64_t step : own) {
+    if (step >= missing->step)
+      fs::remove(trainer::checkpoint_path(checkpoint_dir, step));
+    else
+      earlier = true;
+  }
+  if (earlier) return;
+  for (auto it = trunk.branch_points.rbegin(); it != trunk.branch_points.rend(); ++it) {
+    const fs::path kept = trainer::checkpoint_path(keep_dir, it->step);
+    if (it->step >= missing->step || !fs::exists(kept)) continue;
+    const fs::path target = trainer::checkpoint_path(checkpoint_dir, it->step);
+    std::error_code ec;
+    fs::create_hard_link(kept, target, ec);
+    if (ec) {  // another file system: copy, then rename into place (never a torn checkpoint)
+      const fs::path temp = target.string() + ".tmp";
+      fs::copy_file(kept, temp, fs::copy_options::overwrite_existing);
+      fs::rename(temp, target);
+    }
+    return;
+  }
+}
+
 class TorchBackend : public Backend {
  public:
   explicit TorchBackend(const SweepRunOptions& options) : options_(options) {}
@@ -52,6 +102,16 @@ class TorchBackend : public Backend {
     WorkResult result;
     try {
       fs::create_directories(topt.checkpoint_dir);
+      if (run.kind == RunKind::trunk) {
+        topt.keep_dir = branch_points_dir(options_.workdir, run.run_key);
+        for (const auto& point : run.branch_points) topt.keep_checkpoints_at_tokens.push_back(point.tokens);
+        if (rank_in(gang) == 0)
+          roll_trunk_back_to_missing_branch_point(run, topt.checkpoint_dir, topt.keep_dir);
+        if (gang != MPI_COMM_NULL) MPI_Barrier(gang);
+      } else if (run.kind == RunKind::branch) {
+        topt.start_from = branch_point_file(options_.workdir, run);
+        topt.start_from_config = run.trunk_config;
+      }
       const trainer::Result r = trainer::train(run.config, topt, adapter);
       result.outcome = trainer::to_string(r.outcome);
       result.eval_loss = r.eval_loss;
@@ -62,6 +122,10 @@ class TorchBackend : public Backend {
       result.seconds = r.seconds;
       result.resumed_from_step = r.resumed_from_step;
       result.message = r.message;
+    } catch (const trainer::UnusableCheckpoint& e) {
+      result.outcome = "blocked";
+      result.message = std::string("trunk checkpoint unusable: ") + e.what();
+      if (rank_in(gang) == 0) quarantine(topt.start_from);
     } catch (const std::exception& e) {
       result.outcome = "failed";
       const std::string message = e.what();  // LibTorch appends a backtrace; the store keeps one line
@@ -86,21 +150,62 @@ class SimulateBackend : public Backend {
 
   WorkResult train(const ExpandedRun& run, const fs::path& run_dir, MPI_Comm gang, WorkObserver& observer) override {
     const auto& cfg = run.config;
-    const std::int64_t total_steps = (cfg.train.tokens + cfg.train.batch_tokens - 1) / cfg.train.batch_tokens;
-    const std::int64_t checkpoint_steps = std::max<std::int64_t>(1, cfg.train.checkpoint_every_tokens / cfg.train.batch_tokens);
-    const double seconds_per_step = 6.0 * static_cast<double>(run.n_act) * static_cast<double>(cfg.train.batch_tokens) /
+    const bool writes_checkpoints = rank_in(gang) == 0;
+    // A branch starts where its trunk left it; everything else from 0. Positions advance by whole
+    // batches (no ramp), the last one capped at the run's tokens.
+    const bool branch = run.kind == RunKind::branch;
+    const std::int64_t start_step = branch ? run.branch_point.step : 0;
+    const std::int64_t start_tokens = branch ? run.branch_point.tokens : 0;
+    const std::int64_t batch = cfg.train.batch_tokens;
+    const std::int64_t total_steps = start_step + (cfg.train.tokens - start_tokens + batch - 1) / batch;
+    auto tokens_at = [&](std::int64_t s) {
+      return std::min(cfg.train.tokens, start_tokens + (s - start_step) * batch);
+    };
+    const std::int64_t checkpoint_steps =
+        std::max<std::int64_t>(1, cfg.train.checkpoint_every_tokens / batch);
+    const double seconds_per_step = 6.0 * static_cast<double>(run.n_act) * static_cast<double>(batch) /
                                     kNominalFlopsPerSecond * options_.time_scale;
     const fs::path progress_file = run_dir / "simulate.progress";
-    const bool writes_checkpoints = gang == MPI_COMM_NULL || rank_in(gang) == 0;
 
     WorkResult result;
-    std::int64_t step = 0;
-    if (std::ifstream in(progress_file); in >> step) result.resumed_from_step = step;
+    std::int64_t step = start_step;
+    if (std::ifstream in(progress_file); in >> step) {
+      result.resumed_from_step = step;
+    } else if (branch) {
+      // The simulated trunk "checkpoint" is a one-line marker; a wrong line is a failed checksum.
+      step = start_step;
+      const fs::path marker = branch_point_file(options_.workdir, run);
+      std::ifstream marker_in(marker);
+      std::string line;
+      const bool readable = static_cast<bool>(marker_in);
+      if (!readable || !std::getline(marker_in, line) || line != marker_line(run.branch_point)) {
+        result.outcome = "blocked";
+        result.message = "trunk checkpoint unusable: " + marker.string() +
+                         (readable ? ": fails its checksum" : ": no such checkpoint");
+        if (readable && writes_checkpoints) quarantine(marker);
+        return result;
+      }
+      result.resumed_from_step = start_step;
+    } else {
+      step = 0;
+    }
+    std::size_t next_point = 0;  // trunks: the next branch point to mark
+    auto mark_branch_points = [&](std::int64_t tokens) {
+      if (run.kind != RunKind::trunk || !writes_checkpoints) return;
+      for (; next_point < run.branch_points.size() && run.branch_points[next_point].tokens <= tokens;
+           ++next_point) {
+        const auto& point = run.branch_points[next_point];
+        const fs::path marker =
+            trainer::checkpoint_path(branch_points_dir(options_.workdir, run.run_key), point.step);
+        if (!fs::exists(marker)) save_line(marker, marker_line(point));  // also re-writes one moved aside
+      }
+    };
+    mark_branch_points(tokens_at(step));
     const auto start = Clock::now();
     const analysis::Coefficients law = analysis::paper_coefficients();
     auto loss_at = [&](std::int64_t s) {
       return analysis::predict_loss(law, static_cast<double>(run.n_act),
-                                    static_cast<double>(std::max<std::int64_t>(1, s * cfg.train.batch_tokens)),
+                                    static_cast<double>(std::max<std::int64_t>(1, tokens_at(s))),
                                     static_cast<double>(cfg.model.experts));
     };
     // Sleep in slices so stop requests are seen promptly and heartbeats flow.
@@ -114,41 +219,54 @@ class SimulateBackend : public Backend {
       const std::int64_t next = std::min(total_steps, step + steps_per_slice);
       std::this_thread::sleep_for(std::chrono::duration<double>(seconds_per_step * static_cast<double>(next - step)));
       for (std::int64_t s = step + 1; s <= next; ++s)
-        if (writes_checkpoints && s % checkpoint_steps == 0) save_progress(progress_file, s);
+        if (writes_checkpoints && s % checkpoint_steps == 0) save_line(progress_file, std::to_string(s));
       step = next;
+      mark_branch_points(tokens_at(step));
       const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-      const double tokens_done = static_cast<double>((step - result.resumed_from_step) * cfg.train.batch_tokens);
-      observer.progress({step, step * cfg.train.batch_tokens, loss_at(step), cfg.train.lr,
-                         elapsed > 0 ? tokens_done / elapsed : 0.0});
+      const double tokens_done = static_cast<double>((step - result.resumed_from_step) * batch);
+      observer.progress(
+          {step, tokens_at(step), loss_at(step), cfg.train.lr, elapsed > 0 ? tokens_done / elapsed : 0.0});
     }
     if (result.outcome.empty()) result.outcome = "completed";
-    if (result.outcome == "stopped" && writes_checkpoints) save_progress(progress_file, step);
+    if (result.outcome == "stopped" && writes_checkpoints) save_line(progress_file, std::to_string(step));
     result.steps = step;
-    result.tokens = std::min(cfg.train.tokens, step * cfg.train.batch_tokens);
+    result.tokens = tokens_at(step);
     result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
     result.tokens_per_s =
-        result.seconds > 0 ? static_cast<double>((step - result.resumed_from_step) * cfg.train.batch_tokens) / result.seconds : 0;
+        result.seconds > 0 ? static_cast<double>((step - result.resumed_from_step) * batch) / result.seconds
+                           : 0;
     result.train_loss = loss_at(step);
     result.eval_loss = loss_at(total_steps);
     return result;
   }
 
  private:
-  static int rank_in(MPI_Comm comm) {
-    int rank = 0;
-    MPI_Comm_rank(comm, &rank);
-    return rank;
+  static std::string marker_line(const trainer::StepBoundary& point) {
+    return "moesweep simulated branch point: step " + std::to_string(point.step) + ", tokens " +
+           std::to_string(point.tokens);
   }
-  static void save_progress(const fs::path& file, std::int64_t step) {
+  static void save_line(const fs::path& file, const std::string& line) {
     fs::create_directories(file.parent_path());
     const fs::path temp = file.string() + ".tmp";
-    std::ofstream(temp) << step << "\n";
+    std::ofstream(temp) << line << "\n";
     fs::rename(temp, file);
   }
   SweepRunOptions options_;
 };
 
 }  // namespace
+
+fs::path branch_points_dir(const std::string& workdir, const std::string& trunk_key) {
+  return fs::path(workdir) / trunk_key / "branch-points";
+}
+
+fs::path branch_point_path(const std::string& workdir, const std::string& trunk_key, std::int64_t step) {
+  return trainer::checkpoint_path(branch_points_dir(workdir, trunk_key), step);
+}
+
+fs::path branch_point_file(const std::string& workdir, const ExpandedRun& branch) {
+  return branch_point_path(workdir, branch.trunk_key, branch.branch_point.step);
+}
 
 std::unique_ptr<Backend> make_backend(const SweepRunOptions& options) {
   if (options.backend == "simulate") return std::make_unique<SimulateBackend>(options);

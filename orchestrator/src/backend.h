@@ -14,7 +14,10 @@
 namespace moesweep::orchestrator {
 
 struct WorkResult {
-  std::string outcome;  // completed | stopped | diverged | failed
+  // completed | stopped | diverged | failed, or blocked: a cooldown branch could not start because its
+  // trunk's checkpoint is missing, torn or fails its checksum (a corrupt one is moved aside to
+  // <file>.corrupt so that the trunk writes it again); nothing was trained.
+  std::string outcome;
   double eval_loss = 0;
   double train_loss = 0;
   std::int64_t tokens = 0;
@@ -50,5 +53,12 @@ class Backend {
 };
 
 std::unique_ptr<Backend> make_backend(const SweepRunOptions& options);
+
+// Where a trunk keeps its branch-point checkpoints: WORKDIR/<trunk key>/branch-points/ckpt-<step>.pt
+// (never rotated away). A branch becomes runnable when its file exists.
+std::filesystem::path branch_points_dir(const std::string& workdir, const std::string& trunk_key);
+std::filesystem::path branch_point_path(const std::string& workdir, const std::string& trunk_key,
+                                        std::int64_t step);
+std::filesystem::path branch_point_file(const std::string& workdir, const ExpandedRun& branch);
 
 }  // namespace moesweep::orchestrator

@@ -135,15 +135,18 @@ class Coordinator {
     std::map<std::string, std::string> state;
     for (const auto& row : store_.status(sweep_.name)) state[row.run_key] = row.state;
     const int workers = std::max(1, world_size - 1);
+    state_.resize(sweep_.runs.size());
     for (std::size_t i = 0; i < sweep_.runs.size(); ++i) {
-      const std::string& s = state[sweep_.runs[i].run_key];
+      const std::string& s = state_[i] = state[sweep_.runs[i].run_key];
       if (s == "pending" || s == "preempted") queue_.push_back(i);
       if (s == "failed" || s == "diverged") ++left_failed_;
+      if (sweep_.runs[i].kind == RunKind::trunk) trunk_index_[sweep_.runs[i].run_key] = i;
     }
-    // Longest first: cost is proportional to 6·N_act·D at a common throughput.
-    std::sort(queue_.begin(), queue_.end(),
-              [&](std::size_t a, std::size_t b) { return sweep_.runs[a].flops > sweep_.runs[b].flops; });
-    for (std::size_t i : queue_) {
+    // Trunks first, then longest first: cost is proportional to 6·N_act·(tokens trained) at a common
+    // throughput.
+    std::stable_sort(queue_.begin(), queue_.end(),
+                     [&](std::size_t a, std::size_t b) { return before(a, b); });
+    for (std::size_t i = 0; i < sweep_.runs.size(); ++i) {  // every run: a done trunk may be reopened
       const int ranks = gang_size(estimate_memory(sweep_.runs[i]),
                                   static_cast<double>(sweep_.resources.rank_memory_bytes), workers);
       gang_[i] = ranks;
@@ -158,7 +161,8 @@ class Coordinator {
   const Sweep& sweep() const { return sweep_; }
   bool queue_empty() const { return queue_.empty(); }
 
-  // The longest run that fits `idle` ranks and can reach its next checkpoint before the deadline.
+  // The first run in queue order (trunks, then the longest) that fits `idle` ranks, is ready (a branch
+  // needs its trunk's checkpoint) and can reach its next checkpoint before the deadline.
   std::optional<Assignment> next(int idle, int first_rank) {
     for (auto it = queue_.begin(); it != queue_.end(); ++it) {
       const std::size_t i = *it;
@@ -169,19 +173,35 @@ class Coordinator {
         return next(idle, first_rank);
       }
       if (ranks > idle) continue;
+      if (sweep_.runs[i].kind == RunKind::branch) {
+        const Readiness r = readiness(i);
+        if (r == Readiness::waiting) continue;
+        if (r == Readiness::trunk_reopened) return next(idle, first_rank);  // the queue changed
+        if (r == Readiness::never) {
+          queue_.erase(it);
+          fail_orphaned_branch(i);
+          return next(idle, first_rank);
+        }
+      }
       if (!reaches_checkpoint_before_deadline(sweep_.runs[i], ranks)) continue;
       queue_.erase(it);
       const auto attempt = store_.start_attempt(sweep_.runs[i].run_key, first_rank, ranks, host_name());
+      state_[i] = "running";
       return Assignment{i, attempt, ranks};
     }
     return std::nullopt;
   }
 
-  // Runs that cannot start before the deadline stay pending for the next job.
+  // Runs that cannot start before the deadline stay pending for the next job. A branch still waiting for
+  // its trunk's checkpoint counts as blocked: only its trunk (in the queue too) can unblock it.
   bool deadline_blocks_everything() const {
     if (!deadline_) return false;
-    for (std::size_t i : queue_)
+    for (std::size_t i : queue_) {
+      if (sweep_.runs[i].kind == RunKind::branch && !ready_.count(i) &&
+          !fs::exists(branch_point_file(options_.workdir, sweep_.runs[i])))
+        continue;
       if (reaches_checkpoint_before_deadline(sweep_.runs[i], gang_.at(i))) return false;
+    }
     return true;
   }
 
@@ -197,6 +217,20 @@ class Coordinator {
   void finished(const Assignment& a, const WorkResult& r) {
     flush(true);
     const ExpandedRun& run = sweep_.runs[a.run_index];
+    state_[a.run_index] = r.outcome == "completed"  ? "done"
+                          : r.outcome == "stopped"  ? "preempted"
+                          : r.outcome == "diverged" ? "diverged"
+                                                    : "pending";  // failed: set below if not retried
+    if (r.outcome == "blocked") {
+      // Nothing was trained: the branch waits again, and its trunk will write the checkpoint anew.
+      store_.finish_attempt(a.attempt_id, {"pending", "blocked", std::nullopt, std::nullopt, r.message});
+      log(run, "not started: " + r.message);
+      ready_.erase(a.run_index);
+      if (const auto t = trunk_index_.find(run.trunk_key); t != trunk_index_.end())
+        branch_points_seen_[t->second] = {};  // look along the trunk's branch points again
+      requeue(a.run_index);
+      return;
+    }
     if (r.outcome == "completed") {
       if (r.tokens_per_s > 0) {
         const double measured = 6.0 * static_cast<double>(run.n_act) * r.tokens_per_s / a.ranks;
@@ -221,10 +255,12 @@ class Coordinator {
                                            r.message});
       log(run, "failed (" + std::to_string(failures) + "/" + std::to_string(sweep_.resources.max_attempts) +
                    "): " + r.message);
-      if (retry)
+      if (retry) {
         requeue(a.run_index);
-      else
+      } else {
+        state_[a.run_index] = "failed";
         ++left_failed_;
+      }
     }
   }
 
@@ -233,6 +269,7 @@ class Coordinator {
     flush(true);
     store_.finish_attempt(a.attempt_id, {"pending", reason, std::nullopt, std::nullopt, reason});
     log(sweep_.runs[a.run_index], reason + "; requeued");
+    state_[a.run_index] = "pending";
     requeue(a.run_index);
   }
 
@@ -255,15 +292,85 @@ class Coordinator {
   void worker_cpu(int rank, double seconds) { worker_cpu_s_[rank] = seconds; }
 
  private:
+  // Queue order: trunks first (their branches wait on them), then the most work first.
+  bool before(std::size_t a, std::size_t b) const {
+    const ExpandedRun& x = sweep_.runs[a];
+    const ExpandedRun& y = sweep_.runs[b];
+    if ((x.kind == RunKind::trunk) != (y.kind == RunKind::trunk)) return x.kind == RunKind::trunk;
+    return x.trained_flops > y.trained_flops;
+  }
+
   void requeue(std::size_t i) {
-    queue_.insert(std::find_if(queue_.begin(), queue_.end(),
-                               [&](std::size_t j) { return sweep_.runs[j].flops < sweep_.runs[i].flops; }),
-                  i);
+    queue_.insert(std::find_if(queue_.begin(), queue_.end(), [&](std::size_t j) { return before(i, j); }), i);
+  }
+
+  // Whether a branch can start: once its trunk's checkpoint at the branch point exists. While the trunk is
+  // queued or running the branch waits; a finished trunk without that checkpoint (a branch found it
+  // corrupt and moved it aside, or it was deleted) is reopened to write it again, a few times at most;
+  // a trunk that failed or diverged before it leaves the branch with nothing to start from.
+  enum class Readiness { ready, waiting, trunk_reopened, never };
+  Readiness readiness(std::size_t i) {
+    if (ready_.count(i)) return Readiness::ready;
+    const ExpandedRun& run = sweep_.runs[i];
+    const auto trunk = trunk_index_.find(run.trunk_key);
+    if (trunk == trunk_index_.end()) return Readiness::never;
+    const std::size_t t = trunk->second;
+    const std::string& s = state_[t];
+    const bool trunk_busy = s == "pending" || s == "preempted" || s == "running";
+    const fs::path file = branch_point_file(options_.workdir, run);
+    if (branch_points_written(t, !trunk_busy) >= run.branch_point.step || (!trunk_busy && fs::exists(file))) {
+      ready_.insert(i);
+      return Readiness::ready;
+    }
+    if (trunk_busy) return Readiness::waiting;
+    if (s == "done" && trunk_reopens_[t] < sweep_.resources.max_attempts) {
+      ++trunk_reopens_[t];
+      store_.reopen_run(sweep_.runs[t].run_key, "branch point at step " +
+                                                    std::to_string(run.branch_point.step) + " is missing (" +
+                                                    file.string() + "); the trunk trains again to write it");
+      log(sweep_.runs[t],
+          "reopened: its checkpoint at step " + std::to_string(run.branch_point.step) + " is missing");
+      state_[t] = "pending";
+      requeue(t);
+      return Readiness::trunk_reopened;
+    }
+    return Readiness::never;
+  }
+
+  // The step of the last branch point trunk `t` has written, as far as this coordinator has seen. A trunk
+  // writes them in step order, so one look along its list finds every new one; while it trains, that
+  // look happens at most every 0.2 s, since the work directory may be a parallel file system and this
+  // runs on every pass of the scheduling loop. 0: none yet.
+  std::int64_t branch_points_written(std::size_t t, bool look_now) {
+    BranchPointsSeen& seen = branch_points_seen_[t];
+    const auto& points = sweep_.runs[t].branch_points;
+    if (look_now || Clock::now() - seen.last_look >= std::chrono::milliseconds(200)) {
+      seen.last_look = Clock::now();
+      const std::string& trunk = sweep_.runs[t].run_key;
+      while (seen.count < points.size() &&
+             fs::exists(branch_point_path(options_.workdir, trunk, points[seen.count].step)))
+        ++seen.count;
+    }
+    return seen.count == 0 ? 0 : points[seen.count - 1].step;
+  }
+
+  void fail_orphaned_branch(std::size_t i) {
+    const ExpandedRun& run = sweep_.runs[i];
+    const std::size_t t = trunk_index_.count(run.trunk_key) ? trunk_index_.at(run.trunk_key) : i;
+    const auto attempt = store_.start_attempt(run.run_key, 0, 0, host_name());
+    store_.finish_attempt(
+        attempt, {"failed", "no trunk checkpoint", std::nullopt, std::nullopt,
+                  "its trunk " + run.trunk_key.substr(0, 12) + " ended " + state_[t] +
+                      " without a usable checkpoint at step " + std::to_string(run.branch_point.step)});
+    state_[i] = "failed";
+    log(run, "failed: its trunk ended " + state_[t] + " without its branch point");
+    ++left_failed_;
   }
 
   bool reaches_checkpoint_before_deadline(const ExpandedRun& run, int ranks) const {
     if (!deadline_ || flops_per_rank_s_ <= 0) return true;  // no deadline, or no throughput measured yet
-    const double tokens = static_cast<double>(std::min(run.config.train.checkpoint_every_tokens, run.config.train.tokens));
+    const double tokens =
+        static_cast<double>(std::min(run.config.train.checkpoint_every_tokens, run.trained_tokens));
     const double seconds = 6.0 * static_cast<double>(run.n_act) * tokens / (flops_per_rank_s_ * ranks);
     return unix_now() + seconds < *deadline_;
   }
@@ -276,13 +383,16 @@ class Coordinator {
                                     "needs " + std::to_string(static_cast<long long>(m.replicated_bytes / 1e9)) +
                                         " GB of parameters and optimizer state per rank; [resources] rank_memory is " +
                                         std::to_string(sweep_.resources.rank_memory_bytes / 1000000000) + " GB"});
+    state_[i] = "failed";
     ++left_failed_;
   }
 
   void log(const ExpandedRun& run, const std::string& what) {
-    std::fprintf(stderr, "moesweep run: %s (E=%lld, N_act=%lld, D=%lld) %s\n", run.run_key.substr(0, 12).c_str(),
-                 static_cast<long long>(run.config.model.experts), static_cast<long long>(run.n_act),
-                 static_cast<long long>(run.config.train.tokens), what.c_str());
+    const std::string kind = run.kind == RunKind::independent ? "" : std::string(to_string(run.kind)) + " ";
+    std::fprintf(stderr, "moesweep run: %s%s (E=%lld, N_act=%lld, D=%lld) %s\n", kind.c_str(),
+                 run.run_key.substr(0, 12).c_str(), static_cast<long long>(run.config.model.experts),
+                 static_cast<long long>(run.n_act), static_cast<long long>(run.config.train.tokens),
+                 what.c_str());
   }
 
   SweepRunOptions options_;
@@ -290,6 +400,15 @@ class Coordinator {
   db::Store store_;
   std::vector<std::size_t> queue_;
   std::map<std::size_t, int> gang_;
+  std::vector<std::string> state_;                  // each run's state as this job knows it
+  std::map<std::string, std::size_t> trunk_index_;  // trunk run_key → run index
+  std::set<std::size_t> ready_;                     // branches whose trunk checkpoint was seen
+  std::map<std::size_t, int> trunk_reopens_;        // trunks reopened in this job to write a branch point
+  struct BranchPointsSeen {
+    std::size_t count = 0;  // the first `count` branch points of the trunk were seen written
+    Clock::time_point last_look;
+  };
+  std::map<std::size_t, BranchPointsSeen> branch_points_seen_;  // by trunk
   std::vector<db::Heartbeat> beats_;
   Clock::time_point last_flush_ = Clock::now();
   std::optional<double> deadline_;

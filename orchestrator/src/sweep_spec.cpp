@@ -320,15 +320,82 @@ bool passes_filters(const Point& p) {
   return true;
 }
 
-ExpandedRun expanded(const RunConfig& config) {
+ExpandedRun expanded(const RunConfig& config, RunKind kind = RunKind::independent) {
+  const std::string branching = kind == RunKind::branch  ? "cooldown"
+                                : kind == RunKind::trunk ? "cooldown-trunk"
+                                                         : "";
   ExpandedRun run;
   run.config = config;
-  run.canonical_json = canonical_json(config);
-  run.run_key = run_key_of(config);
+  run.canonical_json = canonical_json(config, branching);
+  run.run_key = run_key_of(config, branching);
   run.n_act = trainer::active_params(config.model);
   run.n_total = trainer::total_params(config.model);
   run.flops = trainer::training_flops(config);
+  run.kind = kind;
+  run.trained_tokens = config.train.tokens;
+  run.trained_flops = run.flops;
   return run;
+}
+
+// A grid point of a block with branching = "cooldown", kept until every block is read: the budgets of
+// one model may come from several blocks and still share one trunk.
+struct BranchedPoint {
+  RunConfig config;
+  std::string file;
+  long line;  // of the block's branching key
+};
+
+// The branch point of a cooldown branch, or an InputError when the run has nothing to share.
+trainer::StepBoundary checked_branch_point(const BranchedPoint& p) {
+  const auto& t = p.config.train;
+  if (!(t.decay_fraction > 0))
+    throw InputError::at(p.file, p.line, "grid.branching",
+                         "cooldown branches need a decay: train.decay_fraction is 0");
+  const trainer::StepBoundary point = trainer::cooldown_branch_point(p.config);
+  if (point.step == 0)
+    throw InputError::at(p.file, p.line, "grid.branching",
+                         "tokens = " + std::to_string(t.tokens) +
+                             ": the branch point (1 − decay_fraction)·D is less than one batch of " +
+                             std::to_string(t.batch_tokens) + " tokens, so there is no trunk to share");
+  return point;
+}
+
+// Per model (every resolved key but train.tokens), one trunk to the largest branch point and one branch
+// per budget.
+void expand_branches(const std::vector<BranchedPoint>& points, std::vector<ExpandedRun>& runs) {
+  std::map<std::string, std::map<std::int64_t, const BranchedPoint*>> models;
+  for (const BranchedPoint& p : points) {
+    RunConfig model = p.config;
+    model.train.tokens = 0;
+    models[canonical_json(model)].emplace(p.config.train.tokens, &p);
+  }
+  for (const auto& [model, budgets] : models) {
+    std::vector<std::pair<const BranchedPoint*, trainer::StepBoundary>> branches;
+    std::vector<trainer::StepBoundary> points_of_trunk;
+    for (const auto& [tokens, point] : budgets) {
+      branches.emplace_back(point, checked_branch_point(*point));
+      points_of_trunk.push_back(branches.back().second);
+    }
+    std::sort(points_of_trunk.begin(), points_of_trunk.end(),
+              [](const auto& a, const auto& b) { return a.tokens < b.tokens; });
+    points_of_trunk.erase(std::unique(points_of_trunk.begin(), points_of_trunk.end()), points_of_trunk.end());
+
+    ExpandedRun trunk = expanded(
+        trainer::cooldown_trunk_config(budgets.begin()->second->config, points_of_trunk.back().tokens),
+        RunKind::trunk);
+    trunk.branch_points = points_of_trunk;
+    for (const auto& [point, at] : branches) {
+      ExpandedRun branch = expanded(point->config, RunKind::branch);
+      branch.trunk_key = trunk.run_key;
+      branch.trunk_config = trunk.config;
+      branch.branch_point = at;
+      branch.trained_tokens = point->config.train.tokens - at.tokens;
+      branch.trained_flops =
+          6.0 * static_cast<double>(branch.n_act) * static_cast<double>(branch.trained_tokens);
+      runs.push_back(std::move(branch));
+    }
+    runs.push_back(std::move(trunk));
+  }
 }
 
 // Reads [data], [model], [train] (and, for a sweep, [filters]) into the base point; rejects other keys.
@@ -364,6 +431,7 @@ std::vector<Axis> grid_axes(const std::string& file, const toml::table& block) {
   bool has_shape = false, has_shape_key = false;
   for (auto&& [k, node] : block) {
     std::string key(k.str());
+    if (key == "branching") continue;  // a property of the block, not an axis (see load_sweep_file)
     Axis axis{key, {}};
     if (auto list = node.as_array()) {
       if (list->empty())
@@ -390,6 +458,7 @@ std::vector<Axis> grid_axes(const std::string& file, const toml::table& block) {
     } else if (!find_field(filter_fields(), "", key)) {
       std::vector<std::string> known = keys_of(filter_fields(), "");
       known.push_back("shape");
+      known.push_back("branching");
       for (const std::string& m : keys_of(run_fields(), "model")) known.push_back(m);
       for (const std::string& t : keys_of(run_fields(), "train")) known.push_back(t);
       throw InputError::at(file, line_of(node), "grid." + key, unknown_key_message(key, known));
@@ -422,7 +491,7 @@ void apply_grid_value(const std::string& file, Point& p, const std::string& key,
 
 }  // namespace
 
-std::string canonical_json(const RunConfig& c) {
+std::string canonical_json(const RunConfig& c, const std::string& branching) {
   // nlohmann::json objects keep keys sorted, and numbers print in their shortest round-trip form: the
   // same text on every machine.
   nlohmann::json j;
@@ -448,11 +517,37 @@ std::string canonical_json(const RunConfig& c) {
                 {"batch_ramp", c.train.batch_ramp},
                 {"z_loss_weight", c.train.z_loss_weight},
                 {"balance_loss_weight", c.train.balance_loss_weight}};
+  if (!branching.empty()) j["branching"] = branching;
   return j.dump();
 }
 
-std::string run_key_of(const RunConfig& config) {
-  const std::string text = canonical_json(config);
+const char* to_string(RunKind kind) {
+  switch (kind) {
+    case RunKind::trunk:
+      return "trunk";
+    case RunKind::branch:
+      return "branch";
+    case RunKind::independent:
+      break;
+  }
+  return "run";
+}
+
+std::int64_t Sweep::total_tokens() const {
+  std::int64_t total = 0;
+  for (const ExpandedRun& r : runs)
+    if (r.kind != RunKind::trunk) total += r.config.train.tokens;
+  return total;
+}
+
+std::int64_t Sweep::total_trained_tokens() const {
+  std::int64_t total = 0;
+  for (const ExpandedRun& r : runs) total += r.trained_tokens;
+  return total;
+}
+
+std::string run_key_of(const RunConfig& config, const std::string& branching) {
+  const std::string text = canonical_json(config, branching);
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int length = 0;
   if (EVP_Digest(text.data(), text.size(), digest, &length, EVP_sha256(), nullptr) != 1)
@@ -513,6 +608,7 @@ Sweep load_sweep_file(const std::string& path) {
   }
 
   std::vector<ExpandedRun> runs;
+  std::vector<BranchedPoint> branched;
   const toml::node* grid = root.get("grid");
   if (!grid) {
     finish_point(path, base);
@@ -526,6 +622,14 @@ Sweep load_sweep_file(const std::string& path) {
     for (const toml::node& block_node : *blocks) {
       const toml::table& block = *block_node.as_table();
       std::vector<Axis> axes = grid_axes(path, block);
+      std::optional<long> branching_line;  // set when the block branches
+      if (const toml::node* b = block.get("branching")) {
+        const std::string mode = Value{path, *b, "grid.branching"}.string();
+        if (mode == "cooldown")
+          branching_line = line_of(*b);
+        else if (mode != "none")
+          Value{path, *b, "grid.branching"}.fail("expected \"cooldown\" or \"none\", got \"" + mode + "\"");
+      }
       // Odometer over the product of the axes.
       std::vector<std::size_t> index(axes.size(), 0);
       while (true) {
@@ -533,7 +637,12 @@ Sweep load_sweep_file(const std::string& path) {
         for (std::size_t a = 0; a < axes.size(); ++a)
           apply_grid_value(path, point, axes[a].key, *axes[a].values[index[a]]);
         finish_point(path, point);
-        if (passes_filters(point)) runs.push_back(expanded(point.config));
+        if (passes_filters(point)) {
+          if (branching_line)
+            branched.push_back({point.config, path, *branching_line});
+          else
+            runs.push_back(expanded(point.config));
+        }
         std::size_t a = 0;
         while (a < axes.size() && ++index[a] == axes[a].values.size()) index[a++] = 0;
         if (a == axes.size()) break;
@@ -541,9 +650,11 @@ Sweep load_sweep_file(const std::string& path) {
     }
   }
 
+  expand_branches(branched, runs);
+
   std::sort(runs.begin(), runs.end(), [](const ExpandedRun& x, const ExpandedRun& y) {
-    return std::tie(x.flops, x.n_act, x.config.model.experts, x.config.train.tokens, x.run_key) <
-           std::tie(y.flops, y.n_act, y.config.model.experts, y.config.train.tokens, y.run_key);
+    return std::tie(x.flops, x.n_act, x.config.model.experts, x.config.train.tokens, x.kind, x.run_key) <
+           std::tie(y.flops, y.n_act, y.config.model.experts, y.config.train.tokens, y.kind, y.run_key);
   });
   runs.erase(std::unique(runs.begin(), runs.end(),
                          [](const ExpandedRun& x, const ExpandedRun& y) { return x.run_key == y.run_key; }),
@@ -556,9 +667,26 @@ Sweep load_sweep_file(const std::string& path) {
 
 db::RunSpec to_run_spec(const ExpandedRun& run) {
   const auto& m = run.config.model;
-  return db::RunSpec{run.run_key, run.canonical_json, run.n_act,  run.n_total, run.config.train.tokens,
-                     m.experts,   m.d_model,          m.n_layers, m.n_heads,   run.config.train.lr,
-                     run.flops};
+  db::RunSpec spec;
+  spec.run_key = run.run_key;
+  spec.config_json = run.canonical_json;
+  spec.n_act = run.n_act;
+  spec.n_total = run.n_total;
+  spec.tokens = run.config.train.tokens;
+  spec.experts = m.experts;
+  spec.d_model = m.d_model;
+  spec.n_layers = m.n_layers;
+  spec.n_heads = m.n_heads;
+  spec.lr = run.config.train.lr;
+  spec.flops = run.flops;
+  spec.kind = to_string(run.kind);
+  spec.trained_tokens = run.trained_tokens;
+  if (run.kind == RunKind::branch) {
+    spec.trunk_key = run.trunk_key;
+    spec.branch_step = run.branch_point.step;
+    spec.branch_tokens = run.branch_point.tokens;
+  }
+  return spec;
 }
 
 std::int64_t parse_bytes(const std::string& text) {

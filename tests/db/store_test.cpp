@@ -212,4 +212,39 @@ TEST_F(StoreTest, ReadersSeeCommittedStateWhileTheWriterHoldsTheFile) {
   EXPECT_EQ(reader.status()[0].state, "done");
 }
 
+// Schema v3 (cooldown branching): a v2 database keeps its runs as independent runs that train their D,
+// with the same progress and FLOPs as before.
+TEST_F(StoreTest, MigratesAVersion2DatabaseToBranchingKeepingItsFigures) {
+  {
+    // Rows as a version-2 build wrote them (this build's writes already use the v3 columns).
+    Store old = Store::open_at_version(db_path(), 2);
+    old.query("INSERT INTO sweeps(name, spec_path) VALUES ('s', 's.toml')");
+    old.query(
+        "INSERT INTO runs(run_key, config_json, n_act, n_total, tokens, experts, d_model, n_layers, n_heads, "
+        "lr, "
+        "flops, state, final_loss, tokens_done) VALUES "
+        "('a', '{}', 1000, 1000, 10000, 1, 64, 2, 4, 0.001, 6e7, 'done', 3.0, 10000), "
+        "('b', '{}', 2000, 2000, 10000, 1, 64, 2, 4, 0.001, 1.2e8, 'running', NULL, 2500)");
+    old.query("INSERT INTO sweep_runs VALUES (1, 1), (1, 2)");
+  }
+  Store store = Store::open(db_path());
+  EXPECT_EQ(store.schema_version(), 3);
+  EXPECT_EQ(
+      store.query("SELECT group_concat(kind || ':' || trained_tokens, ' ') FROM runs ORDER BY id")[0][0],
+      "run:10000 run:10000");
+  const auto rows = store.status("s");
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].run_key, "b");  // the larger run first
+  EXPECT_DOUBLE_EQ(rows[0].progress, 0.25);
+  EXPECT_DOUBLE_EQ(rows[0].flops, 6.0 * 2000 * 10000);
+  EXPECT_EQ(rows[0].kind, "run");
+  EXPECT_TRUE(rows[0].trunk_key.empty());
+  EXPECT_FALSE(rows[0].branch_step.has_value());
+  double done = 0, total = 0;
+  for (const auto& s : store.summary("s")) done += s.flops_done, total += s.flops_total;
+  EXPECT_DOUBLE_EQ(done, 6.0 * 1000 * 10000 + 6.0 * 2000 * 2500);
+  EXPECT_DOUBLE_EQ(total, 6.0 * 1000 * 10000 + 6.0 * 2000 * 10000);
+  EXPECT_EQ(store.finished_runs("s").size(), 1u);
+}
+
 }  // namespace

@@ -10,6 +10,7 @@
 #include "file_io.h"
 #include "moesweep/input_error.h"
 #include "moesweep/trainer/data.h"
+#include "moesweep/trainer/trainer.h"
 
 namespace moesweep::trainer {
 namespace {
@@ -82,11 +83,62 @@ std::string first_difference(const std::string& a, const std::string& b) {
   }
 }
 
+// Loads a verified checkpoint into model and optimizer (and restores the RNG state).
+LoadedCheckpoint restore(const std::filesystem::path& path, const ParsedCheckpoint& parsed,
+                         const std::string& config_text, MoeTransformerImpl& model,
+                         torch::optim::Optimizer& optimizer) {
+  const auto& [header, config, payload] = parsed;
+  if (config != config_text) {
+    throw InputError(path.string() + ": checkpoint of another run config (" +
+                     first_difference(std::string(config), config_text) + ")");
+  }
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(payload.data(), payload.size());
+    model.load(archive);
+    torch::serialize::InputArchive optimizer_archive;
+    archive.read("optimizer", optimizer_archive);
+    optimizer.load(optimizer_archive);
+    torch::Tensor rng_state;
+    archive.read("rng_cpu", rng_state);
+    at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle to the process's generator
+    generator.set_state(rng_state);
+  } catch (const c10::Error& e) {
+    throw InputError(path.string() + ": checkpoint does not match the model: " + e.what_without_backtrace());
+  }
+  return LoadedCheckpoint{path,
+                          {static_cast<std::int64_t>(header.step), static_cast<std::int64_t>(header.tokens)}};
+}
+
 }  // namespace
+
+std::filesystem::path checkpoint_path(const std::filesystem::path& dir, std::int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof name, "ckpt-%012lld.pt", static_cast<long long>(step));
+  return dir / name;
+}
+
+std::vector<std::int64_t> checkpoint_steps(const std::filesystem::path& dir) {
+  std::vector<std::int64_t> steps;
+  for (const auto& path : checkpoint_files(dir))
+    steps.push_back(std::stoll(path.filename().string().substr(5, 12)));
+  std::sort(steps.begin(), steps.end());
+  return steps;
+}
+
+LoadedCheckpoint load_checkpoint_file(const std::filesystem::path& path, const std::string& config_text,
+                                      MoeTransformerImpl& model, torch::optim::Optimizer& optimizer) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw UnusableCheckpoint(path.string() + ": no such checkpoint");
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto parsed = parse_checkpoint(bytes);
+  if (!parsed) throw UnusableCheckpoint(path.string() + ": checkpoint is torn or fails its checksum");
+  return restore(path, *parsed, config_text, model, optimizer);
+}
 
 std::filesystem::path save_checkpoint(const std::filesystem::path& dir, const CheckpointPosition& position,
                                       const std::string& config_text, MoeTransformerImpl& model,
-                                      torch::optim::Optimizer& optimizer) {
+                                      torch::optim::Optimizer& optimizer, std::size_t keep) {
   torch::serialize::OutputArchive archive;
   model.save(archive);
   torch::serialize::OutputArchive optimizer_archive;
@@ -109,14 +161,14 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& dir, const Ch
   header.checksum = checksum_of(config_text, payload);
 
   std::filesystem::create_directories(dir);
-  char name[32];
-  std::snprintf(name, sizeof name, "ckpt-%012lld.pt", static_cast<long long>(position.step));
-  const auto path = dir / name;
+  const auto path = checkpoint_path(dir, position.step);
   write_file_atomically(
       path,
       {{&header, sizeof header}, {config_text.data(), config_text.size()}, {payload.data(), payload.size()}});
-  const auto files = checkpoint_files(dir);
-  for (std::size_t i = 2; i < files.size(); ++i) std::filesystem::remove(files[i]);
+  if (keep > 0) {
+    const auto files = checkpoint_files(dir);
+    for (std::size_t i = keep; i < files.size(); ++i) std::filesystem::remove(files[i]);
+  }
   return path;
 }
 
@@ -134,28 +186,7 @@ std::optional<LoadedCheckpoint> load_latest_checkpoint(const std::filesystem::pa
       warn("checkpoint " + path.string() + " is torn or corrupt; falling back to an older one");
       continue;
     }
-    const auto& [header, config, payload] = *parsed;
-    if (config != config_text) {
-      throw InputError(path.string() + ": checkpoint of another run config (" +
-                       first_difference(std::string(config), config_text) + ")");
-    }
-    try {
-      torch::serialize::InputArchive archive;
-      archive.load_from(payload.data(), payload.size());
-      model.load(archive);
-      torch::serialize::InputArchive optimizer_archive;
-      archive.read("optimizer", optimizer_archive);
-      optimizer.load(optimizer_archive);
-      torch::Tensor rng_state;
-      archive.read("rng_cpu", rng_state);
-      at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle to the process's generator
-      generator.set_state(rng_state);
-    } catch (const c10::Error& e) {
-      throw InputError(path.string() +
-                       ": checkpoint does not match the model: " + e.what_without_backtrace());
-    }
-    return LoadedCheckpoint{
-        path, {static_cast<std::int64_t>(header.step), static_cast<std::int64_t>(header.tokens)}};
+    return restore(path, *parsed, config_text, model, optimizer);
   }
   if (!files.empty())
     throw InputError(dir.string() + ": every checkpoint is torn or corrupt; remove them to start over");

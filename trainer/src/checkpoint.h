@@ -19,10 +19,11 @@ struct CheckpointPosition {
   std::int64_t tokens = 0;
 };
 
-// Writes dir/ckpt-<step>.pt and deletes all but the newest two checkpoints. Returns the path.
+// Writes dir/ckpt-<step>.pt and deletes all but the newest `keep` checkpoints (0: deletes none).
+// Returns the path.
 std::filesystem::path save_checkpoint(const std::filesystem::path& dir, const CheckpointPosition& position,
                                       const std::string& config_text, MoeTransformerImpl& model,
-                                      torch::optim::Optimizer& optimizer);
+                                      torch::optim::Optimizer& optimizer, std::size_t keep = 2);
 
 struct LoadedCheckpoint {
   std::filesystem::path path;
@@ -37,5 +38,11 @@ std::optional<LoadedCheckpoint> load_latest_checkpoint(const std::filesystem::pa
                                                        MoeTransformerImpl& model,
                                                        torch::optim::Optimizer& optimizer,
                                                        const std::function<void(const std::string&)>& warn);
+
+// Loads one named checkpoint (a cooldown branch's start). Throws UnusableCheckpoint when the file is
+// missing, torn or fails its checksum (nothing is loaded then), InputError when it is a valid checkpoint
+// of another config or model.
+LoadedCheckpoint load_checkpoint_file(const std::filesystem::path& path, const std::string& config_text,
+                                      MoeTransformerImpl& model, torch::optim::Optimizer& optimizer);
 
 }  // namespace moesweep::trainer

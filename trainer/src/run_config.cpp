@@ -1,6 +1,8 @@
 #include "moesweep/trainer/run_config.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace moesweep::trainer {
 
@@ -29,6 +31,97 @@ double training_flops(const RunConfig& r) {
 double auto_learning_rate(std::int64_t n_act, std::int64_t experts) {
   return std::exp(8.3916 - 0.81218 * std::log(static_cast<double>(n_act)) -
                   0.25 * std::log(static_cast<double>(experts)));
+}
+
+}  // namespace moesweep::trainer
+
+namespace moesweep::trainer {
+
+double decay_factor_at(const TrainConfig& train, std::int64_t tokens_done) {
+  // Decay counts tokens before the step, so the last step still moves.
+  const double decay_tokens = train.decay_fraction * static_cast<double>(train.tokens);
+  return decay_tokens > 0
+             ? std::clamp(static_cast<double>(train.tokens - tokens_done) / decay_tokens, 0.0, 1.0)
+             : 1.0;
+}
+
+double learning_rate_at(const TrainConfig& train, std::int64_t tokens_done, std::int64_t batch_tokens) {
+  // Warm-up counts the step's own tokens, so the first step already moves.
+  const double warmup = train.warmup_tokens > 0
+                            ? std::min(1.0, static_cast<double>(tokens_done + batch_tokens) /
+                                                static_cast<double>(train.warmup_tokens))
+                            : 1.0;
+  return train.lr * warmup * decay_factor_at(train, tokens_done);
+}
+
+namespace {
+
+constexpr std::int64_t kRampHalf = 500'000'000;
+constexpr std::int64_t kRampFull = 1'000'000'000;
+
+// Where the batch size next changes after `tokens_done` (none: the largest int64).
+std::int64_t next_batch_change(const RunConfig& config, std::int64_t tokens_done) {
+  if (config.train.batch_ramp) {
+    if (tokens_done < kRampHalf) return kRampHalf;
+    if (tokens_done < kRampFull) return kRampFull;
+  }
+  return std::numeric_limits<std::int64_t>::max();
+}
+
+}  // namespace
+
+std::int64_t batch_sequences_at(const RunConfig& config, std::int64_t tokens_done) {
+  const auto full = config.train.batch_tokens / config.model.seq_len;
+  if (!config.train.batch_ramp) return full;
+  if (tokens_done < kRampHalf) return std::max<std::int64_t>(1, full / 4);
+  if (tokens_done < kRampFull) return std::max<std::int64_t>(1, full / 2);
+  return full;
+}
+
+StepBoundary step_boundary_at_or_before(const RunConfig& config, std::int64_t tokens) {
+  // Walk the ramp's phases: within one the batch is constant, so whole runs of steps are a division.
+  StepBoundary b;
+  while (b.tokens < tokens) {
+    const std::int64_t batch = batch_sequences_at(config, b.tokens) * config.model.seq_len;
+    if (batch <= 0) return b;
+    const std::int64_t change = next_batch_change(config, b.tokens);
+    const std::int64_t fit = (tokens - b.tokens) / batch;  // steps that end at or before `tokens`
+    const std::int64_t in_phase = change == std::numeric_limits<std::int64_t>::max()
+                                      ? fit
+                                      : (change - b.tokens + batch - 1) / batch;  // steps starting before it
+    const std::int64_t steps = std::min(fit, in_phase);
+    b.step += steps;
+    b.tokens += steps * batch;
+    if (steps == fit) return b;
+  }
+  return b;
+}
+
+StepBoundary step_boundary_at_or_after(const RunConfig& config, std::int64_t tokens) {
+  StepBoundary b = step_boundary_at_or_before(config, tokens);
+  if (b.tokens < tokens) {
+    b.tokens += batch_sequences_at(config, b.tokens) * config.model.seq_len;
+    b.step += 1;
+  }
+  return b;
+}
+
+StepBoundary cooldown_branch_point(const RunConfig& config) {
+  const auto& t = config.train;
+  const auto start =
+      static_cast<std::int64_t>(std::floor((1.0 - t.decay_fraction) * static_cast<double>(t.tokens)));
+  StepBoundary b = step_boundary_at_or_before(config, std::max<std::int64_t>(0, start));
+  // Rounding can put (1 − f)·D a hair past where the decay formula leaves 1: step back until it is 1.
+  while (b.tokens > 0 && decay_factor_at(t, b.tokens) < 1.0)
+    b = step_boundary_at_or_before(config, b.tokens - 1);
+  return b;
+}
+
+RunConfig cooldown_trunk_config(const RunConfig& config, std::int64_t tokens) {
+  RunConfig trunk = config;
+  trunk.train.tokens = tokens;
+  trunk.train.decay_fraction = 0.0;
+  return trunk;
 }
 
 }  // namespace moesweep::trainer

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <set>
 #include <sstream>
 
 #include "checkpoint.h"
@@ -117,6 +118,15 @@ class Trainer {
     require(smallest_batch >= reduce_.size(), "train.batch_tokens",
             "the batch (" + std::to_string(smallest_batch) + " sequences) is smaller than the " +
                 std::to_string(reduce_.size()) + " data-parallel ranks");
+    const auto last = step_boundary_at_or_after(config, config.train.tokens).tokens;
+    for (const auto tokens : options.keep_checkpoints_at_tokens) {
+      require(!options.keep_dir.empty(), "keep_dir", "kept checkpoints need a directory");
+      require(tokens > 0 && tokens <= last && step_boundary_at_or_before(config, tokens).tokens == tokens,
+              "keep_checkpoints_at_tokens",
+              std::to_string(tokens) + " is not a step boundary of this run (batch " +
+                  std::to_string(config.train.batch_tokens) + " tokens, up to " + std::to_string(last) + ")");
+      keep_.insert(tokens);
+    }
   }
 
   Result run() {
@@ -125,14 +135,16 @@ class Trainer {
     result.n_act = active_params(config_.model);
     result.n_total = total_params(config_.model);
     CheckpointPosition position;
+    bool resumed = false;
     if (options_.resume) {
       require(!options_.checkpoint_dir.empty(), "--resume", "needs a checkpoint directory");
       const auto loaded =
           load_latest_checkpoint(options_.checkpoint_dir, trajectory_fingerprint(config_), *model_,
                                  *optimizer_, [this](const std::string& m) { observer_.on_warning(m); });
-      if (loaded) position = loaded->position;
-      result.resumed_from_step = position.step;
+      if (loaded) position = loaded->position, resumed = true;
     }
+    if (!resumed && !options_.start_from.empty()) position = start_from_checkpoint();
+    result.resumed_from_step = position.step;
 
     const auto training_started = Clock::now();
     const std::int64_t tokens_at_start = position.tokens;
@@ -168,7 +180,9 @@ class Trainer {
       const auto every = config_.train.checkpoint_every_tokens;
       const bool interval =
           every > 0 && (position.tokens / every) > ((position.tokens - batch_tokens) / every);
-      if (!options_.checkpoint_dir.empty() && (interval || stop)) checkpoint(position);
+      if (!options_.checkpoint_dir.empty() && (interval || stop))
+        checkpoint(position, options_.checkpoint_dir, 2);
+      if (keep_.count(position.tokens)) checkpoint(position, options_.keep_dir, 0);
     }
     result.steps = position.step;
     result.tokens = position.tokens;
@@ -238,12 +252,10 @@ class Trainer {
     return losses;
   }
 
-  void checkpoint(const CheckpointPosition& position) {
+  void checkpoint(const CheckpointPosition& position, const std::filesystem::path& dir, std::size_t keep) {
     std::filesystem::path path;
-    if (reduce_.rank() == 0) {
-      path = save_checkpoint(options_.checkpoint_dir, position, trajectory_fingerprint(config_), *model_,
-                             *optimizer_);
-    }
+    if (reduce_.rank() == 0)
+      path = save_checkpoint(dir, position, trajectory_fingerprint(config_), *model_, *optimizer_, keep);
     reduce_.barrier();  // a rank that resumes right after a stop must find the file complete
     if (reduce_.rank() == 0) observer_.on_checkpoint(position.step, position.tokens, path);
   }
@@ -273,6 +285,29 @@ class Trainer {
     return reduce_.sum(loss_sum) / static_cast<double>(eval_sequences_ * T);
   }
 
+  // A cooldown branch's first position: its trunk's checkpoint at the branch point, after checking that
+  // the trunk's schedule and this run's agree on every step before it.
+  CheckpointPosition start_from_checkpoint() {
+    const auto path = options_.start_from.string();
+    require(options_.start_from_config.has_value(), path, "no config given for the checkpoint to start from");
+    const RunConfig& origin = *options_.start_from_config;
+    RunConfig aligned = origin;
+    aligned.train.tokens = config_.train.tokens;
+    aligned.train.decay_fraction = config_.train.decay_fraction;
+    require(trajectory_fingerprint(aligned) == trajectory_fingerprint(config_), path,
+            "the run that wrote this checkpoint differs from this one in more than train.tokens and "
+            "train.decay_fraction");
+    const auto loaded =
+        load_checkpoint_file(options_.start_from, trajectory_fingerprint(origin), *model_, *optimizer_);
+    const auto tokens = loaded.position.tokens;
+    require(tokens <= config_.train.tokens && decay_factor_at(config_.train, tokens) == 1.0 &&
+                decay_factor_at(origin.train, tokens) == 1.0,
+            path,
+            "the checkpoint at " + std::to_string(tokens) +
+                " tokens lies past the start of this run's (or its writer's) learning-rate decay");
+    return loaded.position;
+  }
+
   const RunConfig& config_;
   const TrainOptions& options_;
   TrainingObserver& observer_;
@@ -282,6 +317,7 @@ class Trainer {
   Shard train_shard_, val_shard_;
   MoeTransformer model_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::set<std::int64_t> keep_;  // token counts at which a kept checkpoint is written
 };
 
 }  // namespace
@@ -323,28 +359,6 @@ void validate(const RunConfig& c) {
   require(t.grad_clip > 0, "train.grad_clip", "must be positive");
   require(t.eval_tokens >= m.seq_len, "train.eval_tokens", "must be at least seq_len");
   require(t.checkpoint_every_tokens >= 0, "train.checkpoint_every_tokens", "must not be negative");
-}
-
-double learning_rate_at(const TrainConfig& train, std::int64_t tokens_done, std::int64_t batch_tokens) {
-  // Warm-up counts the step's own tokens, so the first step already moves; decay counts tokens before
-  // the step, so the last step still does.
-  const double warmup = train.warmup_tokens > 0
-                            ? std::min(1.0, static_cast<double>(tokens_done + batch_tokens) /
-                                                static_cast<double>(train.warmup_tokens))
-                            : 1.0;
-  const double decay_tokens = train.decay_fraction * static_cast<double>(train.tokens);
-  const double decay =
-      decay_tokens > 0 ? std::clamp(static_cast<double>(train.tokens - tokens_done) / decay_tokens, 0.0, 1.0)
-                       : 1.0;
-  return train.lr * warmup * decay;
-}
-
-std::int64_t batch_sequences_at(const RunConfig& config, std::int64_t tokens_done) {
-  const auto full = config.train.batch_tokens / config.model.seq_len;
-  if (!config.train.batch_ramp) return full;
-  if (tokens_done < 500'000'000) return std::max<std::int64_t>(1, full / 4);
-  if (tokens_done < 1'000'000'000) return std::max<std::int64_t>(1, full / 2);
-  return full;
 }
 
 Result train(const RunConfig& config, const TrainOptions& options, TrainingObserver& observer) {

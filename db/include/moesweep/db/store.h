@@ -28,6 +28,14 @@ struct RunSpec {
   std::int64_t n_heads = 0;
   double lr = 0;
   double flops = 0;  // 6·N_act·D
+
+  // Cooldown branching (schema v3): "run" (independent), "trunk" (shared by branches, never fitted) or
+  // "branch" (starts from its trunk's checkpoint at branch_step, branch_tokens tokens in).
+  std::string kind = "run";
+  std::int64_t trained_tokens = 0;  // what the run trains itself; 0: its D
+  std::string trunk_key;            // branches: their trunk (registered in the same call)
+  std::int64_t branch_step = 0;
+  std::int64_t branch_tokens = 0;
 };
 
 struct SweepInfo {
@@ -55,7 +63,12 @@ struct StatusRow {
   std::int64_t attempts = 0;
   std::string updated_at;
   std::string error;
-  double flops = 0;
+  double flops = 0;  // the FLOPs this row trains itself: 6·N_act·trained_tokens (trunk work counted once)
+  // From the runs table (schema v3), beside the view's columns:
+  std::string kind = "run";                 // run | trunk | branch
+  std::string trunk_key;                    // branches: their trunk's run_key
+  std::optional<std::int64_t> branch_step;  // branches: the trunk step they start from
+  std::int64_t trained_tokens = 0;
 };
 
 // A row of the `sweep_summary` view: one per (sweep, state).
@@ -134,6 +147,9 @@ class Store {
   std::int64_t requeue_interrupted(const std::string& reason);
   // Runs of `sweep` in `from_state` go back to pending (e.g. retrying failed runs). Returns how many.
   std::int64_t reopen_runs(const std::string& sweep, const std::string& from_state);
+  // One finished run goes back to pending, with an event saying why (a cooldown trunk that must write a
+  // branch point again). False when the run is not finished (pending, running or preempted).
+  bool reopen_run(const std::string& run_key, const std::string& reason);
   // Attempts of a run that ended with this exit reason.
   std::int64_t count_attempts(const std::string& run_key, const std::string& exit_reason) const;
   void add_event(const std::string& kind, const std::string& message, const std::string& run_key = "");
@@ -141,6 +157,8 @@ class Store {
   // Reads.
   std::vector<StatusRow> status(const std::optional<std::string>& sweep = std::nullopt) const;
   std::vector<SummaryRow> summary(const std::optional<std::string>& sweep = std::nullopt) const;
+  // Done runs with a final loss, as the fit reads them: cooldown trunks are left out (only their
+  // branches, which end in a decay, are grid points).
   std::vector<FinishedRun> finished_runs(const std::optional<std::string>& sweep = std::nullopt) const;
 
   // Escape hatch for tests and tools: run a query, rows as strings (NULL → "").

@@ -17,13 +17,33 @@
 
 namespace moesweep::orchestrator {
 
+// How a run trains. An independent run trains its D tokens from scratch. With branching = "cooldown" a
+// grid block's token budgets of one model (every key but tokens equal) share a trunk: the trunk trains
+// at constant learning rate after warm-up up to its largest branch point and keeps a checkpoint at
+// every branch point; each budget is a branch that starts from its trunk's checkpoint at
+// trainer::cooldown_branch_point(config) and decays over the rest of its D tokens, exactly as the
+// independent run would.
+enum class RunKind { independent, trunk, branch };
+const char* to_string(RunKind kind);  // "run", "trunk", "branch" (the store's `kind` column)
+
 struct ExpandedRun {
   std::string run_key;         // SHA-256 (hex) of canonical_json
-  std::string canonical_json;  // the resolved config, keys sorted, no whitespace
-  trainer::RunConfig config;
+  std::string canonical_json;  // the resolved config, keys sorted, no whitespace (+ "branching" if any)
+  trainer::RunConfig config;   // independent and branch: the run's own config; trunk: the trunk's
   std::int64_t n_act = 0;
   std::int64_t n_total = 0;
   double flops = 0;  // 6·N_act·D
+
+  RunKind kind = RunKind::independent;
+  std::int64_t trained_tokens = 0;  // what it trains itself: D, the trunk's length, or D − branch point
+  double trained_flops = 0;         // 6·N_act·trained_tokens
+
+  // Branches: the trunk's key and config, and where the branch leaves it.
+  std::string trunk_key;
+  trainer::RunConfig trunk_config;
+  trainer::StepBoundary branch_point;
+  // Trunks: every branch point of their branches, ascending and distinct.
+  std::vector<trainer::StepBoundary> branch_points;
 };
 
 struct Resources {
@@ -36,15 +56,20 @@ struct Sweep {
   std::string path;
   std::string name;  // [sweep] name, default: the file's stem
   Resources resources;
-  std::vector<ExpandedRun> runs;  // canonical order: by FLOPs, then N_act, E, D, key
+  std::vector<ExpandedRun> runs;  // canonical order: by FLOPs, then N_act, E, D, kind, key
+
+  std::int64_t total_tokens() const;          // Σ D over the runs that are grid points (not trunks)
+  std::int64_t total_trained_tokens() const;  // Σ trained_tokens over every run, trunks included
 };
 
 trainer::RunConfig load_run_file(const std::string& path);
 Sweep load_sweep_file(const std::string& path);
 
-// The canonical serialisation a run key hashes, and the key itself.
-std::string canonical_json(const trainer::RunConfig& config);
-std::string run_key_of(const trainer::RunConfig& config);
+// The canonical serialisation a run key hashes, and the key itself. `branching` ("" for an independent
+// run, "cooldown" for a branch, "cooldown-trunk" for a trunk) becomes a top-level key when given, so a
+// branch and the equivalent independent run have different keys.
+std::string canonical_json(const trainer::RunConfig& config, const std::string& branching = "");
+std::string run_key_of(const trainer::RunConfig& config, const std::string& branching = "");
 
 // The row the store keeps for an expanded run.
 db::RunSpec to_run_spec(const ExpandedRun& run);

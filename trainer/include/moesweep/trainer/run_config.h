@@ -61,4 +61,39 @@ double training_flops(const RunConfig& r);
 // The learning-rate rule lr = exp(8.3916 − 0.81218·ln N_act − 0.25·ln E).
 double auto_learning_rate(std::int64_t n_act, std::int64_t experts);
 
+// --- The schedule: plain arithmetic on the config, shared by the trainer and the sweep expansion. ---
+
+// The learning rate of the step that starts after `tokens_done` tokens and consumes `batch_tokens`:
+// linear warm-up over warmup_tokens, constant, then linear decay to 0 over the final decay_fraction
+// of train.tokens.
+double learning_rate_at(const TrainConfig& train, std::int64_t tokens_done, std::int64_t batch_tokens);
+
+// The decay part of that rate alone: 1 before the decay starts, falling linearly to 0 at train.tokens.
+double decay_factor_at(const TrainConfig& train, std::int64_t tokens_done);
+
+// Sequences per global batch at `tokens_done`: batch_tokens / seq_len, or with batch_ramp the paper's
+// ramp (a quarter of it until 0.5B tokens, half until 1B tokens, then all of it).
+std::int64_t batch_sequences_at(const RunConfig& config, std::int64_t tokens_done);
+
+// A step boundary: the position after `step` optimizer steps, `tokens` training tokens in.
+struct StepBoundary {
+  std::int64_t step = 0;
+  std::int64_t tokens = 0;
+  bool operator==(const StepBoundary& o) const { return step == o.step && tokens == o.tokens; }
+};
+
+// The last step boundary at or before `tokens` (the batch ramp included), and the first at or after it.
+StepBoundary step_boundary_at_or_before(const RunConfig& config, std::int64_t tokens);
+StepBoundary step_boundary_at_or_after(const RunConfig& config, std::int64_t tokens);
+
+// Cooldown branching. A run of D tokens with decay_fraction f is the same training as a trunk at
+// constant learning rate (after the same warm-up) up to its branch point, then a branch that decays
+// over the rest. The branch point is the last step boundary at or before (1 − f)·D at which the run's
+// decay has not begun (decay_factor_at == 1), so every step before it has exactly the trunk's rate.
+StepBoundary cooldown_branch_point(const RunConfig& config);
+
+// The trunk that `config`'s cooldown branches share, trained to `tokens`: the same run at constant
+// learning rate after warm-up (decay_fraction 0).
+RunConfig cooldown_trunk_config(const RunConfig& config, std::int64_t tokens);
+
 }  // namespace moesweep::trainer

@@ -17,7 +17,10 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "moesweep/trainer/run_config.h"
 
@@ -49,7 +52,31 @@ struct TrainOptions {
   MPI_Comm communicator = MPI_COMM_NULL;  // data-parallel group (MPI must be initialised); null: one rank
   std::string device = "cpu";             // "cpu", "cuda", "cuda:1", ... (CUDA trains in bf16)
   int threads = 0;                        // intra-op threads; 0 keeps LibTorch's default
+
+  // Cooldown trunks: at each of these token counts (each a step boundary of the run) also write a
+  // checkpoint into keep_dir, where checkpoints are never rotated away (branches start from them).
+  std::vector<std::int64_t> keep_checkpoints_at_tokens;
+  std::filesystem::path keep_dir;
+
+  // Cooldown branches: when `resume` finds no checkpoint of this run (or resume is off), start from
+  // this checkpoint file, written by `start_from_config` (the trunk). That config may differ from this
+  // run only in train.tokens and train.decay_fraction, and both must give every step before the
+  // checkpoint the same learning rate. A missing, torn or corrupt file throws UnusableCheckpoint
+  // before any training.
+  std::filesystem::path start_from;
+  std::optional<RunConfig> start_from_config;
 };
+
+// A checkpoint a run was told to start from is missing, torn or fails its checksum; nothing trained.
+class UnusableCheckpoint : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// dir/ckpt-<step, 12 digits>.pt: where the trainer writes the checkpoint of `step`.
+std::filesystem::path checkpoint_path(const std::filesystem::path& dir, std::int64_t step);
+// Steps of the checkpoint files in `dir` (by name, unverified), ascending.
+std::vector<std::int64_t> checkpoint_steps(const std::filesystem::path& dir);
 
 enum class Outcome { completed, stopped, diverged };
 const char* to_string(Outcome outcome);
@@ -76,13 +103,7 @@ Result train(const RunConfig& config, const TrainOptions& options, TrainingObser
 // Throws InputError when the config cannot be trained (shapes, batch, token counts).
 void validate(const RunConfig& config);
 
-// The learning rate of the step that starts after `tokens_done` tokens and consumes `batch_tokens`:
-// linear warm-up over warmup_tokens, constant, then linear decay to 0 over the final decay_fraction
-// of train.tokens.
-double learning_rate_at(const TrainConfig& train, std::int64_t tokens_done, std::int64_t batch_tokens);
-
-// Sequences per global batch at `tokens_done`: batch_tokens / seq_len, or with batch_ramp the paper's
-// ramp (a quarter of it until 0.5B tokens, half until 1B tokens, then all of it).
-std::int64_t batch_sequences_at(const RunConfig& config, std::int64_t tokens_done);
+// The schedule (learning_rate_at, batch_sequences_at, step boundaries, cooldown branch points) is plain
+// config arithmetic and lives in run_config.h, so that sweep expansion can use it without LibTorch.
 
 }  // namespace moesweep::trainer
