@@ -11,8 +11,12 @@
 namespace moesweep::trainer {
 namespace {
 
+// A failed write (a full disk, most often) removes its temporary file: the space it took is given back,
+// and no torn file is left behind.
 [[noreturn]] void fail(const std::string& what, const std::filesystem::path& path) {
-  throw std::runtime_error("cannot " + what + " " + path.string() + ": " + std::strerror(errno));
+  const std::string reason = std::strerror(errno);
+  ::unlink(path.c_str());
+  throw std::runtime_error("cannot " + what + " " + path.string() + ": " + reason);
 }
 
 }  // namespace

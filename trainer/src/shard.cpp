@@ -88,7 +88,13 @@ Shard::Shard(const std::filesystem::path& path) : path_(path) {
   const int fd = ::open(name.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw InputError(name + ": cannot open shard: " + std::strerror(errno));
   struct stat info {};
-  if (::fstat(fd, &info) != 0 || static_cast<std::size_t>(info.st_size) < kHeaderSize) {
+  const bool stat_ok = ::fstat(fd, &info) == 0;
+  if (stat_ok && !S_ISREG(info.st_mode)) {  // mmap would say "No such device" about a directory
+    ::close(fd);
+    throw InputError(name + ": not a token shard (" + (S_ISDIR(info.st_mode) ? "a directory" : "not a regular file") +
+                     ")");
+  }
+  if (!stat_ok || static_cast<std::size_t>(info.st_size) < kHeaderSize) {
     ::close(fd);
     throw InputError(name + ": truncated shard (shorter than its " + std::to_string(kHeaderSize) +
                      "-byte header)");
