@@ -587,9 +587,18 @@ std::int64_t Store::requeue_interrupted(const std::string& reason) {
 
 std::int64_t Store::reopen_runs(const std::string& sweep, const std::string& from_state) {
   Transaction t(db_);
-  Statement(db_, (std::string("UPDATE runs SET state='pending', error=NULL, updated_at=") + kNow +
-                  " WHERE state=? AND id IN (SELECT sr.run_id FROM sweep_runs sr JOIN sweeps s ON s.id = "
-                  "sr.sweep_id WHERE s.name=?)")
+  const std::string members =
+      "state=? AND id IN (SELECT sr.run_id FROM sweep_runs sr JOIN sweeps s ON s.id = sr.sweep_id WHERE s.name=?)";
+  // The event comes first, while the runs still have their old state; it also starts a fresh failure
+  // budget (count_attempts_since_reopen).
+  Statement(db_, ("INSERT INTO events(run_id, kind, message) SELECT id, 'reopen', 'reopened: was ' || state "
+                  "FROM runs WHERE " + members)
+                     .c_str())
+      .bind(1, from_state)
+      .bind(2, sweep)
+      .run();
+  Statement(db_, (std::string("UPDATE runs SET state='pending', error=NULL, updated_at=") + kNow + " WHERE " +
+                  members)
                      .c_str())
       .bind(1, from_state)
       .bind(2, sweep)
@@ -618,9 +627,11 @@ bool Store::reopen_run(const std::string& run_key, const std::string& reason) {
   return reopened;
 }
 
-std::int64_t Store::count_attempts(const std::string& run_key, const std::string& exit_reason) const {
+std::int64_t Store::count_attempts_since_reopen(const std::string& run_key, const std::string& exit_reason) const {
   Statement s(db_,
-              "SELECT COUNT(*) FROM attempts a JOIN runs r ON r.id = a.run_id WHERE r.run_key=? AND a.exit_reason=?");
+              "SELECT COUNT(*) FROM attempts a JOIN runs r ON r.id = a.run_id WHERE r.run_key=? AND "
+              "a.exit_reason=? AND a.started_at >= COALESCE((SELECT MAX(e.at) FROM events e WHERE e.run_id = r.id "
+              "AND e.kind = 'reopen'), '')");
   s.bind(1, run_key).bind(2, exit_reason);
   s.step();
   return s.i64(0);

@@ -11,6 +11,8 @@
 #include <cstdlib>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
 
 #include "commands.h"
 #include "format.h"
@@ -37,12 +39,20 @@ struct TrainCommandOptions {
 volatile std::sig_atomic_t stop_signal = 0;
 extern "C" void request_stop(int signal_number) { stop_signal = signal_number; }
 
-// Prints progress to stderr at most every two seconds (and always the last step).
+// Prints progress to stderr at most every two seconds (and always the last step). The header line waits
+// for the trainer's first word, so a run refused on its inputs (a torn shard, say) prints one line only.
 class ConsoleObserver final : public trainer::TrainingObserver {
  public:
-  ConsoleObserver(std::int64_t total_tokens, bool quiet) : total_tokens_(total_tokens), quiet_(quiet) {}
+  ConsoleObserver(std::int64_t total_tokens, bool quiet, std::string header)
+      : total_tokens_(total_tokens), quiet_(quiet), header_(std::move(header)) {}
 
+  void announce() {
+    if (quiet_ || announced_) return;
+    announced_ = true;
+    std::fprintf(stderr, "%s\n", header_.c_str());
+  }
   void on_progress(const trainer::Progress& p) override {
+    announce();
     const auto now = std::chrono::steady_clock::now();
     if (quiet_ || (now - last_print_ < std::chrono::seconds(2) && p.tokens < total_tokens_)) return;
     last_print_ = now;
@@ -52,10 +62,12 @@ class ConsoleObserver final : public trainer::TrainingObserver {
                  human_count(p.tokens_per_s).c_str(), human_duration(p.eta_seconds).c_str());
   }
   void on_checkpoint(std::int64_t step, std::int64_t tokens, const std::filesystem::path& path) override {
+    announce();
     if (!quiet_)
       std::fprintf(stderr, "checkpoint at step %lld: %s\n", static_cast<long long>(step), path.c_str());
   }
   void on_warning(const std::string& message) override {
+    announce();
     if (!quiet_) std::fprintf(stderr, "moesweep: warning: %s\n", message.c_str());
   }
   bool stop_requested() override { return stop_signal != 0; }
@@ -63,6 +75,8 @@ class ConsoleObserver final : public trainer::TrainingObserver {
  private:
   std::int64_t total_tokens_;
   bool quiet_;
+  std::string header_;
+  bool announced_ = false;
   std::chrono::steady_clock::time_point last_print_{};
 };
 
@@ -123,17 +137,17 @@ void run_train(const TrainCommandOptions& options) {
   train_options.threads = options.threads;
 
   for (const int signal_number : {SIGTERM, SIGUSR1, SIGINT}) std::signal(signal_number, request_stop);
-  ConsoleObserver observer(config.train.tokens, !printing);
-  if (printing) {
-    std::fprintf(stderr, "train %s: N_act %s, N_total %s, E %lld, D %s, lr %.3g; checkpoints in %s\n",
-                 options.run_file.c_str(),
-                 human_count(static_cast<double>(trainer::active_params(config.model))).c_str(),
-                 human_count(static_cast<double>(trainer::total_params(config.model))).c_str(),
-                 static_cast<long long>(config.model.experts),
-                 human_count(static_cast<double>(config.train.tokens)).c_str(), config.train.lr,
-                 train_options.checkpoint_dir.c_str());
-  }
+  char header[8192];  // two paths at most
+  std::snprintf(header, sizeof header, "train %s: N_act %s, N_total %s, E %lld, D %s, lr %.3g; checkpoints in %s",
+                options.run_file.c_str(),
+                human_count(static_cast<double>(trainer::active_params(config.model))).c_str(),
+                human_count(static_cast<double>(trainer::total_params(config.model))).c_str(),
+                static_cast<long long>(config.model.experts),
+                human_count(static_cast<double>(config.train.tokens)).c_str(), config.train.lr,
+                train_options.checkpoint_dir.c_str());
+  ConsoleObserver observer(config.train.tokens, !printing, header);
   const auto result = trainer::train(config, train_options, observer);
+  observer.announce();  // a run resumed at its end trains no step
   for (const int signal_number : {SIGTERM, SIGUSR1, SIGINT}) std::signal(signal_number, SIG_DFL);
 
   if (printing) {

@@ -10,6 +10,7 @@
 #include <cstdlib>
 
 #include "moesweep/analysis/law.h"
+#include "moesweep/trainer/file_io.h"
 #include "moesweep/trainer/trainer.h"
 
 namespace moesweep::orchestrator {
@@ -149,6 +150,18 @@ class SimulateBackend : public Backend {
   static constexpr double kNominalFlopsPerSecond = 4e14;
 
   WorkResult train(const ExpandedRun& run, const fs::path& run_dir, MPI_Comm gang, WorkObserver& observer) override {
+    try {
+      return simulate(run, run_dir, gang, observer);
+    } catch (const std::exception& e) {  // as the torch backend: the run fails, the rank goes on
+      WorkResult result;
+      result.outcome = "failed";
+      result.message = e.what();
+      return result;
+    }
+  }
+
+ private:
+  WorkResult simulate(const ExpandedRun& run, const fs::path& run_dir, MPI_Comm gang, WorkObserver& observer) {
     const auto& cfg = run.config;
     const bool writes_checkpoints = rank_in(gang) == 0;
     // A branch starts where its trunk left it; everything else from 0. Positions advance by whole
@@ -240,16 +253,15 @@ class SimulateBackend : public Backend {
     return result;
   }
 
- private:
   static std::string marker_line(const trainer::StepBoundary& point) {
     return "moesweep simulated branch point: step " + std::to_string(point.step) + ", tokens " +
            std::to_string(point.tokens);
   }
+  // Throws with the file and the system's reason (a full disk, say); the run then fails with that line.
   static void save_line(const fs::path& file, const std::string& line) {
     fs::create_directories(file.parent_path());
-    const fs::path temp = file.string() + ".tmp";
-    std::ofstream(temp) << line << "\n";
-    fs::rename(temp, file);
+    const std::string text = line + "\n";
+    trainer::write_file_atomically(file, {{text.data(), text.size()}});
   }
   SweepRunOptions options_;
 };

@@ -249,7 +249,7 @@ class Coordinator {
       ++left_failed_;
       log(run, "diverged: " + r.message);
     } else {
-      const auto failures = store_.count_attempts(run.run_key, "failed") + 1;
+      const auto failures = store_.count_attempts_since_reopen(run.run_key, "failed") + 1;
       const bool retry = failures < sweep_.resources.max_attempts;
       store_.finish_attempt(a.attempt_id, {retry ? "pending" : "failed", "failed", std::nullopt, std::nullopt,
                                            r.message});

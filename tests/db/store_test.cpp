@@ -147,6 +147,29 @@ TEST_F(StoreTest, ADoneRunCannotStartAgainAndAnAttemptEndsOnce) {
   EXPECT_EQ(store.query("SELECT state, attempts FROM runs")[0], (std::vector<std::string>{"done", "1"}));
 }
 
+TEST_F(StoreTest, ReopeningFailedRunsGivesThemTheirWholeRetryBudgetAgain) {
+  Store store = Store::open(db_path());
+  store.register_sweep("s", "s.toml", {run("a", 1000, 10000), run("b", 1000, 20000)});
+  const auto fail = [&](const std::string& key, const std::string& state) {
+    store.finish_attempt(store.start_attempt(key, 1, 1, "node1"),
+                         AttemptEnd{state, "failed", std::nullopt, std::nullopt, "boom"});
+  };
+  fail("a", "pending");
+  fail("a", "failed");
+  fail("b", "pending");  // b is still pending: reopening failed runs must not reset its count
+  EXPECT_EQ(store.count_attempts_since_reopen("a", "failed"), 2);
+
+  EXPECT_EQ(store.reopen_runs("s", "failed"), 1);
+  EXPECT_EQ(store.query("SELECT state FROM runs WHERE run_key = 'a'")[0][0], "pending");
+  EXPECT_EQ(store.count_attempts_since_reopen("a", "failed"), 0);
+  EXPECT_EQ(store.count_attempts_since_reopen("b", "failed"), 1);
+  EXPECT_EQ(store.query("SELECT message FROM events e JOIN runs r ON r.id = e.run_id WHERE e.kind = 'reopen'"),
+            (std::vector<std::vector<std::string>>{{"reopened: was failed"}}));
+  fail("a", "pending");
+  EXPECT_EQ(store.count_attempts_since_reopen("a", "failed"), 1);
+  EXPECT_EQ(store.query("SELECT attempts FROM runs WHERE run_key = 'a'")[0][0], "3");  // history is kept
+}
+
 TEST_F(StoreTest, AFailedWriteLeavesNoHalfWrittenRows) {
   Store store = Store::open(db_path());
   store.register_sweep("s", "s.toml", {run("a", 1000, 10000)});

@@ -25,6 +25,13 @@ expect_eq "state" "$(q faults.db "select state from runs")" failed
 expect_eq "attempts" "$(q faults.db "select attempts from runs")" 2
 q faults.db "select error from runs" | grep -q "missing.bin" || fail "the error does not name the missing shard"
 echo "ok: error recorded: $(q faults.db "select error from runs")"
+# --retry-failed gives the run its whole budget again: two more tries, counted 1/2 and 2/2, not 3/2.
+status=0
+"${MPIRUN[@]}" -np 2 "$MOESWEEP" run raises.toml --db faults.db --retry-failed >retry.log 2>&1 || status=$?
+expect_eq "exit status when the retries fail too" "$status" 1
+expect_eq "attempts after --retry-failed" "$(q faults.db "select attempts from runs")" 4
+expect_eq "failures counted by the retrying job" "$(grep -o 'failed ([0-9]*/[0-9]*)' retry.log | tr '\n' ' ')" \
+  "failed (1/2) failed (2/2) "
 
 # 2. Diverges: lr = 1e4 turns the loss to NaN/inf; recorded as diverged, no retry; the other run is done.
 printf '[sweep]\nname = "diverges"\n%s[[grid]]\nshape = [{d_model = 32, n_layers = 1, n_heads = 2}]\ntokens = [16384]\nlr = [0.003, 1e4]\n' \

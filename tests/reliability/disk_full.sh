@@ -74,3 +74,23 @@ rm db_disk/filler
 check_store db_disk/sweep.db 6
 echo "ok: after freeing space the same command completed the sweep"
 SWEEPS=$((SWEEPS + 1))
+
+# --- 3. The simulate backend's progress files on a full disk ----------------------------------------------
+# The same promise without a GPU: a simulated run that cannot write its progress fails with the reason
+# instead of running on without a resume point.
+simulate_sweep simfull "[1, 2]" "[102400]" 10240 $'[resources]\nmax_attempts = 1' > simfull.toml
+SIM_RUN=("${MPIRUN[@]}" -np 2 "$MOESWEEP" run simfull.toml --db simfull.db --workdir small_disk/simfull
+         --backend simulate --time-scale 20000 --heartbeat 0.05)
+fill small_disk 0
+status=0
+"${SIM_RUN[@]}" > simfull.log 2>&1 || status=$?
+FAULTS=$((FAULTS + 1))
+expect_eq "exit status of the simulated sweep on a full disk" "$status" 1
+expect_eq "simulated runs failed for want of space" \
+  "$(q simfull.db "select count(*) from runs where state = 'failed' and error like 'cannot %: No space left on device'")" 2
+expect_eq "integrity_check" "$(q simfull.db 'pragma integrity_check')" ok
+rm small_disk/filler
+"${SIM_RUN[@]}" --retry-failed > simfull-retry.log 2>&1 || { cat simfull-retry.log; fail "the simulated rerun failed"; }
+check_store simfull.db 2
+echo "ok: after freeing space, --retry-failed finished the simulated runs"
+SWEEPS=$((SWEEPS + 1))

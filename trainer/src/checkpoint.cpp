@@ -7,7 +7,7 @@
 #include <regex>
 #include <sstream>
 
-#include "file_io.h"
+#include "moesweep/trainer/file_io.h"
 #include "moesweep/input_error.h"
 #include "moesweep/trainer/data.h"
 #include "moesweep/trainer/trainer.h"

@@ -9,7 +9,7 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "file_io.h"
+#include "moesweep/trainer/file_io.h"
 #include "moesweep/input_error.h"
 #include "moesweep/trainer/data.h"
 #include "moesweep/trainer/run_config.h"

@@ -145,13 +145,15 @@ class Store {
   // After a job died: every attempt still open is closed as lost and its run goes back to pending (it
   // resumes from its checkpoints). Returns the number of runs requeued.
   std::int64_t requeue_interrupted(const std::string& reason);
-  // Runs of `sweep` in `from_state` go back to pending (e.g. retrying failed runs). Returns how many.
+  // Runs of `sweep` in `from_state` go back to pending (e.g. retrying failed runs), each with a 'reopen'
+  // event. Returns how many.
   std::int64_t reopen_runs(const std::string& sweep, const std::string& from_state);
   // One finished run goes back to pending, with an event saying why (a cooldown trunk that must write a
   // branch point again). False when the run is not finished (pending, running or preempted).
   bool reopen_run(const std::string& run_key, const std::string& reason);
-  // Attempts of a run that ended with this exit reason.
-  std::int64_t count_attempts(const std::string& run_key, const std::string& exit_reason) const;
+  // Attempts of a run that ended with this exit reason since it was last reopened (all of them if never):
+  // a reopened run gets its whole retry budget again.
+  std::int64_t count_attempts_since_reopen(const std::string& run_key, const std::string& exit_reason) const;
   void add_event(const std::string& kind, const std::string& message, const std::string& run_key = "");
 
   // Reads.

@@ -1,5 +1,5 @@
 #pragma once
-// Crash-safe file writing shared by shards and checkpoints (internal to the trainer).
+// Crash-safe file writing: shards, checkpoints, and the simulate backend's progress files.
 #include <cstddef>
 #include <filesystem>
 #include <initializer_list>
