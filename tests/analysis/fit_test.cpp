@@ -26,6 +26,14 @@ FitOptions quick_options() {
   return options;
 }
 
+// A fit from 81 starts, with `bootstrap` refits, of the paper-like runs of `truth` with the noise of `seed`.
+FitResult fit_runs_drawn_from(const Coefficients& truth, unsigned seed, std::size_t bootstrap) {
+  FitOptions options = quick_options();
+  options.starts = 81;
+  options.bootstrap = bootstrap;
+  return fit_law(testing::synthetic_runs(truth, kNoise, seed), options);
+}
+
 const FitResult& paper_like_fit() {
   static const FitResult fit =
       fit_law(testing::synthetic_runs(paper_coefficients(), kNoise, 1), quick_options());
@@ -145,10 +153,7 @@ TEST(Fit, EStartStaysAtOrAboveOneEvenWhenTheDataWantLess) {
   // expert's worth. The fit and every bootstrap refit must stop at the bound, and say so.
   Coefficients truth = paper_coefficients();
   truth.e_start = 0.5;
-  FitOptions options = quick_options();
-  options.starts = 81;
-  options.bootstrap = 20;
-  const FitResult fit = fit_law(testing::synthetic_runs(truth, kNoise, 8), options);
+  const FitResult fit = fit_runs_drawn_from(truth, 8, 20);
   EXPECT_GE(fit.coefficients.e_start, kMinEStart);
   EXPECT_NEAR(fit.coefficients.e_start, kMinEStart, 1e-6) << "the data pull E_start onto its bound";
   EXPECT_GE(fit.coefficient_intervals[9].low, kMinEStart * (1 - 1e-12)) << "bootstrap refits keep the bound";
@@ -162,10 +167,7 @@ TEST(Fit, RunsWithoutSaturationGiveEMaxAtItsBoundWithAnHonestInterval) {
   // bootstrap interval runs from what the runs do show (no saturation up to E = 64) to the bound.
   Coefficients truth = paper_coefficients();
   truth.e_max = 1e12;
-  FitOptions options = quick_options();
-  options.starts = 81;
-  options.bootstrap = 40;
-  const FitResult fit = fit_law(testing::synthetic_runs(truth, kNoise, 9), options);
+  const FitResult fit = fit_runs_drawn_from(truth, 9, 40);
   EXPECT_TRUE(e_max_at_bound(fit.coefficients.e_max)) << fit.coefficients.e_max;
   EXPECT_EQ(coefficients_at_bounds(fit.coefficients), std::vector<std::string>{"e_max"});
   const Interval& e_max = fit.coefficient_intervals[10];

@@ -27,26 +27,37 @@ expect_eq() {  # what actual expected
   echo "ok: $1 = $3"
 }
 
-# A sweep for the simulate backend, whose data paths are never opened:
-#   simulate_sweep NAME EXPERTS TOKENS CHECKPOINT_EVERY [EXTRA_SECTIONS]  (lists in TOML syntax)
-simulate_sweep() {
+# The sweeps the tests write: one [[grid]] block over E = EXPERTS and D = TOKENS (lists in TOML syntax)
+# of a d_model-32, two-layer, two-head model at 64-token sequences in 1024-token batches and lr 0.003.
+# EXTRA_SECTIONS follow [sweep]; GRID_EXTRA lines join the [[grid]] block, where, as in any sweep, they
+# override the same keys above.
+#   simulate_sweep NAME EXPERTS TOKENS CHECKPOINT_EVERY [EXTRA_SECTIONS] [GRID_EXTRA]
+# for the simulate backend, whose data paths are never opened;
+#   torch_sweep NAME EXPERTS TOKENS CHECKPOINT_EVERY [EXTRA_SECTIONS] [GRID_EXTRA]
+# for the torch backend on the Brown shards that prepare_brown writes.
+simulate_sweep() { sweep_file unused-by-simulate "warmup_tokens = 1024" "$@"; }
+torch_sweep() { sweep_file data/brown-byte $'warmup_tokens = 2048\neval_tokens = 8192' "$@"; }
+sweep_file() {  # DATA_DIR SCHEDULE (the backend's [train] lines), then the arguments above
   cat <<TOML
 [sweep]
-name = "$1"
-${5:-}
+name = "$3"
+${7:-}
 [data]
-train = "unused-by-simulate/train.bin"
-val = "unused-by-simulate/val.bin"
+train = "$1/train.bin"
+val = "$1/val.bin"
 [model]
 seq_len = 64
+d_model = 32
+n_layers = 2
+n_heads = 2
 [train]
 batch_tokens = 1024
 lr = 0.003
-warmup_tokens = 1024
-checkpoint_every_tokens = $4
+$2
+checkpoint_every_tokens = $6
 [[grid]]
-shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
-experts = $2
-tokens = $3
+experts = $4
+tokens = $5
+${8:-}
 TOML
 }

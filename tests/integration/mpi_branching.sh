@@ -10,30 +10,9 @@
 source "$(dirname "$0")/lib.sh"
 prepare_brown
 
-branch_sweep() {  # NAME BRANCHING: one model (E = 4), budgets of 8, 16 and 32 batches of 1024 tokens
-  cat <<TOML
-[sweep]
-name = "$1"
-[data]
-train = "data/brown-byte/train.bin"
-val = "data/brown-byte/val.bin"
-tokenizer = "byte"
-[model]
-seq_len = 64
-[train]
-batch_tokens = 1024
-lr = 3e-3
-warmup_tokens = 2048
-decay_fraction = 0.2
-eval_tokens = 8192
-checkpoint_every_tokens = 8192
-[[grid]]
-branching = "$2"
-shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
-experts = [4]
-tokens = [8192, 16384, 32768]
-TOML
-}
+# branch_sweep NAME BRANCHING: one model (E = 4), budgets of 8, 16 and 32 batches; the default
+# decay_fraction (0.2) puts the branch points at 0.8·D.
+branch_sweep() { torch_sweep "$1" "[4]" "[8192, 16384, 32768]" 8192 "" "branching = \"$2\""; }
 branch_sweep branched cooldown > branched.toml
 branch_sweep independent none > independent.toml
 
@@ -106,28 +85,7 @@ expect_eq "the other branches were not trained again" \
   "$(q sweep.db "select group_concat(attempts, ' ') from (select attempts from runs where kind = 'branch' and run_key != '$branch' order by tokens)")" "1 1"
 
 # --- 3. kill -9 mid-way through a branched sweep, then the same command ----------------------------
-simulate_branched() {
-  cat <<TOML
-[sweep]
-name = "killed"
-[data]
-train = "unused-by-simulate/train.bin"
-val = "unused-by-simulate/val.bin"
-[model]
-seq_len = 64
-[train]
-batch_tokens = 1024
-lr = 0.003
-warmup_tokens = 1024
-checkpoint_every_tokens = 10240
-[[grid]]
-branching = "cooldown"
-shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
-experts = [1, 2, 4]
-tokens = [51200, 102400, 112640]
-TOML
-}
-simulate_branched > killed.toml
+simulate_sweep killed "[1, 2, 4]" "[51200, 102400, 112640]" 10240 "" 'branching = "cooldown"' > killed.toml
 RUN=("${MPIRUN[@]}" -np 3 "$MOESWEEP" run killed.toml --db killed.db --workdir sim-runs --backend simulate
      --time-scale 50000 --heartbeat 0.2)
 setsid "${RUN[@]}" > killed-first.log 2>&1 &

@@ -4,27 +4,7 @@
 source "$(dirname "$0")/lib.sh"
 prepare_brown
 write_sweep() {  # $1 = extra [resources] lines
-  cat <<TOML
-[sweep]
-name = "gang"
-[resources]
-$1
-[data]
-train = "data/brown-byte/train.bin"
-val = "data/brown-byte/val.bin"
-[model]
-seq_len = 64
-[train]
-batch_tokens = 1024
-lr = 0.003
-warmup_tokens = 1024
-eval_tokens = 4096
-checkpoint_every_tokens = 8192
-[[grid]]
-shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
-experts = [4]
-tokens = [16384]
-TOML
+  torch_sweep gang "[4]" "[16384]" 8192 $'[resources]\n'"$1" $'warmup_tokens = 1024\neval_tokens = 4096'
 }
 # About 1.6 MB of replicated state and 9 MB of activations: two ranks fit in 7 MB each, one does not.
 write_sweep 'rank_memory = "7MB"' > gang.toml

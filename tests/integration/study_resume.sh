@@ -3,28 +3,8 @@
 # finishes the sweep without training a finished run twice, fits and plans; run a third time, it trains
 # nothing and gives the same fit.
 source "$(dirname "$0")/lib.sh"
-cat > mini.toml <<'TOML'
-[sweep]
-name = "mini"
-[data]
-train = "data/brown-byte/train.bin"
-val = "data/brown-byte/val.bin"
-tokenizer = "byte"
-[model]
-seq_len = 64
-n_layers = 2
-n_heads = 2
-[train]
-batch_tokens = 1024
-lr = 1e-2
-warmup_tokens = 2048
-eval_tokens = 8192
-checkpoint_every_tokens = 8192
-[[grid]]
-d_model = [16, 24]
-experts = [1, 4]
-tokens = [8192, 16384, 32768, 65536]
-TOML
+# d_model 16 and 24 at lr 1e-2: models this small want a higher rate (see sweeps/tiny.toml).
+torch_sweep mini "[1, 4]" "[8192, 16384, 32768, 65536]" 8192 "" $'d_model = [16, 24]\nlr = 1e-2' > mini.toml
 export MOESWEEP_RANKS=3 MOESWEEP_HELDOUT=lowest-loss:3 MOESWEEP_BOOTSTRAP=10 PLAN_FLOPS=1e10 PLAN_MEMORY=1MB
 study=$MOESWEEP_SOURCE_DIR/study.sh
 db=runs/mini/sweep.db

@@ -17,6 +17,7 @@
 #include "moesweep/db/store.h"
 #include "moesweep/input_error.h"
 #include "moesweep/orchestrator/sweep_spec.h"
+#include "sweep_files.h"
 
 namespace fs = std::filesystem;
 using moesweep::InputError;
@@ -24,46 +25,31 @@ using moesweep::orchestrator::ExpandedRun;
 using moesweep::orchestrator::load_sweep_file;
 using moesweep::orchestrator::RunKind;
 using moesweep::orchestrator::Sweep;
+using moesweep::orchestrator::testing::kData;
+using moesweep::orchestrator::testing::TempFiles;
 using moesweep::trainer::StepBoundary;
 
 namespace {
 
 const fs::path kSourceDir = MOESWEEP_SOURCE_DIR;
 
-class Branching : public ::testing::Test {
+class Branching : public TempFiles {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("moesweep_branching_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string write(const std::string& name, const std::string& text) {
-    const fs::path p = dir_ / name;
-    std::ofstream(p) << text;
-    return p.string();
+  // The sweep file NAME of one shape (d_model 32, two layers) at 64-token sequences in 1024-token batches
+  // and lr 0.003, with TRAIN's further [train] lines: one [[grid]] block of that shape per entry of BLOCKS.
+  std::string one_shape_sweep(const std::string& name, const std::string& train,
+                              const std::vector<std::string>& blocks) {
+    std::string text = std::string(kData) +
+                       "[model]\nseq_len = 64\n[train]\nbatch_tokens = 1024\nlr = 0.003\n" + train + "\n";
+    for (const std::string& block : blocks)
+      text += "[[grid]]\nshape = [{d_model = 32, n_layers = 2, n_heads = 2}]\n" + block + "\n";
+    return write(name, text);
   }
   // Two models (E = 1, 4) × three budgets of 16, 24 and 32 batches of 1024 tokens.
   std::string sweep(const std::string& name, const std::string& branching) {
-    return write(name, R"(
-[data]
-train = "t.bin"
-val = "v.bin"
-[model]
-seq_len = 64
-[train]
-batch_tokens = 1024
-warmup_tokens = 1024
-lr = 0.003
-decay_fraction = 0.2
-[[grid]]
-)" + branching + R"(
-shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
-experts = [1, 4]
-tokens = [16384, 24576, 32768]
-)");
+    return one_shape_sweep(name, "warmup_tokens = 1024\ndecay_fraction = 0.2",
+                           {branching + "\nexperts = [1, 4]\ntokens = [16384, 24576, 32768]"});
   }
-  fs::path dir_;
 };
 
 std::vector<const ExpandedRun*> of_kind(const Sweep& s, RunKind kind) {
@@ -122,29 +108,10 @@ TEST_F(Branching, AModelGetsOneTrunkAndABranchPerBudget) {
 }
 
 TEST_F(Branching, BudgetsOfOneModelFromTwoBlocksShareATrunk) {
-  const std::string path = write("two.toml", R"(
-[data]
-train = "t.bin"
-val = "v.bin"
-[model]
-seq_len = 64
-[train]
-batch_tokens = 1024
-warmup_tokens = 1024
-lr = 0.003
-[[grid]]
-branching = "cooldown"
-shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
-tokens = [16384, 32768]
-[[grid]]
-branching = "cooldown"
-shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
-tokens = [32768, 65536]
-[[grid]]
-branching = "none"
-shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
-tokens = [16384]
-)");
+  const std::string path = one_shape_sweep(
+      "two.toml", "warmup_tokens = 1024",
+      {"branching = \"cooldown\"\ntokens = [16384, 32768]",
+       "branching = \"cooldown\"\ntokens = [32768, 65536]", "branching = \"none\"\ntokens = [16384]"});
   const Sweep s = load_sweep_file(path);
   ASSERT_EQ(of_kind(s, RunKind::trunk).size(), 1u);
   EXPECT_EQ(of_kind(s, RunKind::branch).size(), 3u);  // 32768 listed twice is one branch
@@ -155,22 +122,8 @@ tokens = [16384]
 TEST_F(Branching, BadBranchingSettingsNameTheirLine) {
   auto message = [&](const std::string& name, const std::string& branching, const std::string& train = "") {
     try {
-      load_sweep_file(write(name, R"(
-[data]
-train = "t.bin"
-val = "v.bin"
-[model]
-seq_len = 64
-[train]
-batch_tokens = 1024
-warmup_tokens = 0
-lr = 0.003
-)" + train + R"(
-[[grid]]
-shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
-)" + branching + R"(
-tokens = [2048, 16384]
-)"));
+      load_sweep_file(
+          one_shape_sweep(name, "warmup_tokens = 0\n" + train, {branching + "\ntokens = [2048, 16384]"}));
     } catch (const InputError& e) {
       return std::string(e.what());
     }

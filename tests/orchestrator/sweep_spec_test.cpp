@@ -14,12 +14,15 @@
 #include <sstream>
 
 #include "moesweep/input_error.h"
+#include "sweep_files.h"
 
 namespace fs = std::filesystem;
 using moesweep::InputError;
 using moesweep::orchestrator::load_run_file;
 using moesweep::orchestrator::load_sweep_file;
 using moesweep::orchestrator::Sweep;
+using moesweep::orchestrator::testing::kData;
+using moesweep::orchestrator::testing::TempFiles;
 
 namespace {
 
@@ -45,24 +48,6 @@ CommandResult run_command(const std::string& args) {
   fs::remove(err);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, e.str()};
 }
-
-class TempFiles : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("moesweep_spec_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string write(const std::string& name, const std::string& text) {
-    const fs::path p = dir_ / name;
-    std::ofstream(p) << text;
-    return p.string();
-  }
-  fs::path dir_;
-};
-
-constexpr const char* kData = "[data]\ntrain = \"t.bin\"\nval = \"v.bin\"\n";
 
 std::vector<std::string> keys(const Sweep& s) {
   std::vector<std::string> k;

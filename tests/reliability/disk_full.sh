@@ -24,7 +24,7 @@ fill() {
 }
 
 # --- 1. The checkpoints' disk fills up ------------------------------------------------------------------
-chaos_sweep full "[1, 4]" "[16384, 24576]" | sed 's/^\[train\]/[resources]\nmax_attempts = 2\n&/' > sweep.toml
+torch_sweep full "[1, 4]" "[16384, 24576]" 4096 $'[resources]\nmax_attempts = 2' > sweep.toml
 RUNS=4
 RUN=("${MPIRUN[@]}" -np 3 "$MOESWEEP" run sweep.toml --threads 1 --heartbeat 0.2)
 "${RUN[@]}" --db reference.db --workdir reference-runs > reference.log 2>&1 || { cat reference.log; fail "the reference sweep failed"; }

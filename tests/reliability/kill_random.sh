@@ -14,7 +14,7 @@ RANDOM=$SEED
 echo "kill_random: $ROUNDS rounds, seed $SEED (replay with MOESWEEP_CHAOS_SEED=$SEED)"
 NOTE="seed $SEED"
 
-chaos_sweep chaos "[1, 4]" "[16384, 32768, 49152]" > sweep.toml
+torch_sweep chaos "[1, 4]" "[16384, 32768, 49152]" 4096 > sweep.toml
 RUNS=6
 job() {  # job DIR: the command that runs the sweep on DIR/sweep.db, checkpoints in DIR/runs, into JOB
   JOB=("${MPIRUN[@]}" -np 3 "$MOESWEEP" run sweep.toml --db "$SCRATCH/$1/sweep.db" --workdir "$SCRATCH/$1/runs"

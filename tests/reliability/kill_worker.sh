@@ -6,7 +6,7 @@
 # the sweep: every run done once, with the losses of an uninterrupted sweep.
 source "$(dirname "$0")/lib.sh"
 prepare_brown
-chaos_sweep worker "[1, 4]" "[16384, 40960]" > sweep.toml
+torch_sweep worker "[1, 4]" "[16384, 40960]" 4096 > sweep.toml
 RUNS=4
 job() {
   JOB=("${MPIRUN[@]}" -np 3 "$MOESWEEP" run sweep.toml --db "$SCRATCH/$1/sweep.db" --workdir "$SCRATCH/$1/runs"

@@ -74,28 +74,5 @@ pid_of_rank() {
   return 1
 }
 
-# A small CPU sweep with the torch backend on the prepared Brown shards: chaos_sweep NAME EXPERTS TOKENS
-chaos_sweep() {
-  cat <<TOML
-[sweep]
-name = "$1"
-[data]
-train = "data/brown-byte/train.bin"
-val = "data/brown-byte/val.bin"
-[model]
-seq_len = 64
-[train]
-batch_tokens = 1024
-lr = 0.003
-warmup_tokens = 2048
-eval_tokens = 8192
-checkpoint_every_tokens = 4096
-[[grid]]
-shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
-experts = $2
-tokens = $3
-TOML
-}
-
 # Milliseconds since the epoch.
 now_ms() { date +%s%3N; }

@@ -97,7 +97,7 @@ shard_case val && flip_byte shards/val/val.bin $(( $(stat -c %s data/brown-byte/
 expect_refusal "corrupt validation shard" "checksum mismatch" "$MOESWEEP" train shards/val.toml --checkpoint-dir ck6
 for ck in ck1 ck2 ck3 ck4 ck5 ck6; do [ -z "$(ls -A "$ck" 2>/dev/null)" ] || fail "$ck: a refused run wrote a checkpoint"; done
 # The same corrupt shard in a sweep: the run fails with the reason, having trained not one step.
-chaos_sweep corrupt "[4]" "[16384]" | sed 's#data/brown-byte#shards/flipped#' | sed 's/^\[train\]/[resources]\nmax_attempts = 1\n&/' > corrupt.toml
+torch_sweep corrupt "[4]" "[16384]" 4096 $'[resources]\nmax_attempts = 1' | sed 's#data/brown-byte#shards/flipped#' > corrupt.toml
 status=0
 "${MPIRUN[@]}" -np 2 "$MOESWEEP" run corrupt.toml --db corrupt.db --workdir corrupt-runs > corrupt.log 2>&1 || status=$?
 FAULTS=$((FAULTS + 1))
