@@ -2,8 +2,11 @@
 // shapes at E = 1 and E = 8, side by side with the same model and step in PyTorch eager
 // (bench/trainer_bench.py, run with the same thread count). Prints figures; never passes or fails.
 //
-//   trainer_bench [--device cpu|cuda] [--threads N] [--steps S] [--warmup W] [--peak-tflops P]
-//                 [--no-python | --python INTERPRETER]
+//   trainer_bench [--device cpu|cuda] [--threads N] [--steps S] [--warmup W] [--repeats R]
+//                 [--peak-tflops P] [--no-python | --python INTERPRETER]
+//
+// Each shape is measured R times, native and Python alternating, and the medians are compared: on a
+// shared 2-core machine one measurement moves by ±15%, and drift would favour whichever side ran first.
 //
 // MFU = tokens/s · (6·N_act + 6·n_layers·seq_len·d_model) / peak. The peak is stated with the figures:
 // on CUDA the H100 SXM dense bf16 peak (989 TFLOP/s) unless --peak-tflops says otherwise; on CPU the
@@ -18,7 +21,9 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <algorithm>
 #include <map>
+#include <optional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -41,6 +46,7 @@ struct Options {
   int threads = static_cast<int>(std::thread::hardware_concurrency());
   int steps = 6;
   int warmup = 2;
+  int repeats = 3;
   double peak_tflops = 0;  // 0: the default for the device
   bool python = true;
   std::string python_interpreter = "/usr/bin/python3";  // Debian's, where python3-torch installs
@@ -144,6 +150,12 @@ std::map<std::string, double> python_tokens_per_s(const std::vector<std::string>
   return rates;
 }
 
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const auto n = values.size();
+  return n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -153,6 +165,9 @@ int main(int argc, char** argv) {
   app.add_option("--threads", options.threads, "intra-op threads, both sides")->capture_default_str();
   app.add_option("--steps", options.steps, "timed steps per shape")->capture_default_str();
   app.add_option("--warmup", options.warmup, "untimed steps first")->capture_default_str();
+  app.add_option("--repeats", options.repeats, "measurements per shape and side (medians are reported)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--peak-tflops", options.peak_tflops,
                  "device peak for MFU (default: see the header comment)");
   app.add_flag("!--no-python", options.python, "skip the PyTorch eager comparison");
@@ -179,7 +194,9 @@ int main(int argc, char** argv) {
               options.peak_tflops > 0 ? "given"
               : cuda                  ? "H100 SXM dense bf16"
                                       : "measured fp32 2048² GEMM");
-  std::printf("%d timed steps after %d warm-up steps per shape\n\n", options.steps, options.warmup);
+  std::printf("%d timed steps after %d warm-up steps per shape; median of %d measurements per side, %s\n\n",
+              options.steps, options.warmup, options.repeats,
+              options.python && !cuda ? "native and Python alternating" : "native only");
 
   const auto dir = std::filesystem::temp_directory_path() / ("moesweep-bench-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
@@ -192,48 +209,63 @@ int main(int argc, char** argv) {
   }
 
   struct Row {
-    std::string key;
     Shape shape;
     std::int64_t experts, n_act;
     double tokens_per_s, mfu;
+    std::optional<double> python_tokens_per_s;
+    double lowest_ratio = 0, highest_ratio = 0;  // of the alternating pairs
   };
   std::vector<Row> rows;
+  bool python_available = options.python && !cuda;
   for (const auto& shape : ladder) {
     for (const std::int64_t experts : {1, 8}) {
       const auto config = run_config(shape, experts, options, dir);
       moesweep::trainer::TrainOptions train_options;
       train_options.device = options.device;
       train_options.threads = options.threads;
-      StepTimer timer(options.warmup);
-      moesweep::trainer::train(config, train_options, timer);
+      std::vector<double> native, python, ratios;
+      for (int repeat = 0; repeat < options.repeats; ++repeat) {
+        StepTimer timer(options.warmup);
+        moesweep::trainer::train(config, train_options, timer);
+        native.push_back(timer.tokens_per_s());
+        if (!python_available) continue;
+        const auto key = shape_key(shape, experts);
+        const auto rates = python_tokens_per_s({key}, options);
+        if (rates.count(key) == 0) {
+          python_available = false;
+          continue;
+        }
+        python.push_back(rates.at(key));
+        ratios.push_back(native.back() / python.back());
+      }
       const auto n_act = moesweep::trainer::active_params(config.model);
       const double flops_per_token =
           6.0 * static_cast<double>(n_act) +
           6.0 * static_cast<double>(shape.n_layers * shape.seq_len * shape.d_model);
-      rows.push_back({shape_key(shape, experts), shape, experts, n_act, timer.tokens_per_s(),
-                      timer.tokens_per_s() * flops_per_token / (peak * 1e12)});
+      Row row{shape, experts, n_act, median(native), median(native) * flops_per_token / (peak * 1e12)};
+      if (python_available && !python.empty()) {
+        row.python_tokens_per_s = median(python);
+        row.lowest_ratio = *std::min_element(ratios.begin(), ratios.end());
+        row.highest_ratio = *std::max_element(ratios.begin(), ratios.end());
+      }
+      rows.push_back(row);
     }
   }
   std::filesystem::remove_all(dir);
 
-  std::map<std::string, double> python;
-  if (options.python && !cuda) {
-    std::vector<std::string> keys;
-    for (const auto& row : rows) keys.push_back(row.key);
-    python = python_tokens_per_s(keys, options);
-  }
-  std::printf("%7s %6s %5s %7s %6s %3s %9s %12s %7s %12s %8s\n", "d_model", "layers", "heads", "seq_len",
-              "batch", "E", "N_act", "native tok/s", "MFU", "python tok/s", "C++/py");
+  std::printf("%7s %6s %5s %7s %6s %3s %9s %12s %7s %12s %8s %13s\n", "d_model", "layers", "heads", "seq_len",
+              "batch", "E", "N_act", "native tok/s", "MFU", "python tok/s", "C++/py", "pairs min-max");
   for (const auto& row : rows) {
     std::printf("%7lld %6lld %5lld %7lld %6lld %3lld %9lld %12.0f %6.2f%%",
                 static_cast<long long>(row.shape.d_model), static_cast<long long>(row.shape.n_layers),
                 static_cast<long long>(row.shape.n_heads), static_cast<long long>(row.shape.seq_len),
                 static_cast<long long>(row.shape.batch_sequences), static_cast<long long>(row.experts),
                 static_cast<long long>(row.n_act), row.tokens_per_s, 100.0 * row.mfu);
-    if (const auto it = python.find(row.key); it != python.end()) {
-      std::printf(" %12.0f %8.2f\n", it->second, row.tokens_per_s / it->second);
+    if (row.python_tokens_per_s) {
+      std::printf(" %12.0f %8.2f %6.2f-%-6.2f\n", *row.python_tokens_per_s,
+                  row.tokens_per_s / *row.python_tokens_per_s, row.lowest_ratio, row.highest_ratio);
     } else {
-      std::printf(" %12s %8s\n", "-", "-");
+      std::printf(" %12s %8s %13s\n", "-", "-", "-");
     }
   }
   return 0;
