@@ -69,6 +69,9 @@ void add_run(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--retry-failed", opt->retry_failed, "Train runs that an earlier job left failed again");
   cmd->add_flag("--retry-diverged", opt->retry_diverged, "Train runs that an earlier job left diverged again");
+  cmd->add_flag("--keep-branch-points", opt->keep_branch_points,
+                "Keep a cooldown trunk's branch-point checkpoints after it and all its branches are done "
+                "(by default they are deleted then)");
   cmd->add_option("--device", opt->device, "torch: cpu or cuda")->capture_default_str();
   cmd->add_option("--threads", opt->threads, "torch: intra-op threads per rank (1 = deterministic)")
       ->check(kPositive)

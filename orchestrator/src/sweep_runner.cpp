@@ -151,6 +151,7 @@ class Coordinator {
                                   static_cast<double>(sweep_.resources.rank_memory_bytes), workers);
       gang_[i] = ranks;
     }
+    for (const auto& [key, t] : trunk_index_) delete_branch_points_once_family_done(t);  // an earlier job's
     if (const char* end = std::getenv("SLURM_JOB_END_TIME"); end && !options_.deadline) deadline_ = std::atof(end);
     if (options_.deadline) deadline_ = *options_.deadline;
     std::fprintf(stderr, "moesweep run: sweep '%s': %zu runs, %zu to train, %zu done, on %d rank(s)\n",
@@ -239,6 +240,9 @@ class Coordinator {
       store_.finish_attempt(a.attempt_id,
                             {"done", "completed", r.eval_loss, r.train_loss, "", r.resumed_from_step});
       log(run, "done: eval loss " + std::to_string(r.eval_loss));
+      if (const auto t = trunk_index_.find(run.kind == RunKind::trunk ? run.run_key : run.trunk_key);
+          t != trunk_index_.end())
+        delete_branch_points_once_family_done(t->second);
     } else if (r.outcome == "stopped") {
       store_.finish_attempt(a.attempt_id,
                             {"preempted", "stopped", std::nullopt, std::nullopt, "", r.resumed_from_step});
@@ -302,6 +306,26 @@ class Coordinator {
 
   void requeue(std::size_t i) {
     queue_.insert(std::find_if(queue_.begin(), queue_.end(), [&](std::size_t j) { return before(i, j); }), i);
+  }
+
+  // Once a trunk and all its branches are done nothing starts from its branch points again (a larger
+  // budget added later makes a new trunk), so they go: at the paper's scale each is a whole model and
+  // optimizer state. --keep-branch-points keeps them. Runs' own final checkpoints always stay.
+  void delete_branch_points_once_family_done(std::size_t t) {
+    if (options_.keep_branch_points || state_[t] != "done") return;
+    const std::string& trunk_key = sweep_.runs[t].run_key;
+    for (std::size_t i = 0; i < sweep_.runs.size(); ++i) {
+      if (sweep_.runs[i].kind == RunKind::branch && sweep_.runs[i].trunk_key == trunk_key && state_[i] != "done")
+        return;
+    }
+    const fs::path dir = branch_points_dir(options_.workdir, trunk_key);
+    std::error_code error;
+    const auto removed = fs::remove_all(dir, error);
+    if (error) {
+      log(sweep_.runs[t], "could not delete its branch points in " + dir.string() + ": " + error.message());
+    } else if (removed > 0) {
+      log(sweep_.runs[t], "every branch done: deleted its branch points (" + dir.string() + ")");
+    }
   }
 
   // Whether a branch can start: once its trunk's checkpoint at the branch point exists. While the trunk is

@@ -18,7 +18,8 @@ branch_sweep independent none > independent.toml
 
 # --- 1. bit-identical to independent runs ---------------------------------------------------------
 start=$(date +%s.%N)
-"${MPIRUN[@]}" -np 3 "$MOESWEEP" run branched.toml --db sweep.db --heartbeat 0.2 2> branched.log ||
+# Part 2 corrupts a branch point of this sweep, so it keeps them (part 3 checks that they go by default).
+"${MPIRUN[@]}" -np 3 "$MOESWEEP" run branched.toml --db sweep.db --heartbeat 0.2 --keep-branch-points 2> branched.log ||
   { cat branched.log; fail "the branched sweep failed"; }
 middle=$(date +%s.%N)
 "${MPIRUN[@]}" -np 3 "$MOESWEEP" run independent.toml --db sweep.db --heartbeat 0.2 2> independent.log ||
@@ -69,7 +70,7 @@ PY
 # Train that branch again from its trunk: forget its result and its own checkpoints.
 q sweep.db "update runs set state = 'pending', final_loss = NULL where run_key = '$branch'"
 rm -rf "runs/$branch"
-"${MPIRUN[@]}" -np 2 "$MOESWEEP" run branched.toml --db sweep.db --heartbeat 0.2 2> recovery.log ||
+"${MPIRUN[@]}" -np 2 "$MOESWEEP" run branched.toml --db sweep.db --heartbeat 0.2 --keep-branch-points 2> recovery.log ||
   { cat recovery.log; fail "the recovery run failed"; }
 grep -E "not started|reopened" recovery.log || true
 expect_eq "the branch refused the corrupt checkpoint once" \
@@ -104,3 +105,8 @@ expect_eq "runs completed twice" \
   "$(q killed.db "select count(*) from (select run_id from attempts where exit_reason = 'completed' group by run_id having count(*) > 1)")" 0
 expect_eq "branch attempts that found no trunk checkpoint" \
   "$(q killed.db "select count(*) from attempts where exit_reason = 'blocked'")" 0
+# Once a trunk and its branches are done its branch points are deleted (at the paper's scale each is a
+# whole model and optimizer state), whichever of the two jobs finished the family.
+expect_eq "branch-point directories left after the sweep" "$(find sim-runs -name branch-points | wc -l)" 0
+expect_eq "families whose branch points were deleted" \
+  "$(cat killed-first.log killed-second.log | grep -c 'every branch done: deleted its branch points')" 3

@@ -25,6 +25,7 @@ struct SweepRunOptions {
   double heartbeat_interval_s = 2;  // how often a worker reports progress
   bool retry_failed = false;        // hand out runs left failed by an earlier job again
   bool retry_diverged = false;      // likewise for diverged runs
+  bool keep_branch_points = false;  // cooldown branching: keep a trunk's branch points after its family is done
   std::string device = "cpu";       // torch backend: "cpu" or "cuda" (each rank its own GPU)
   int threads = 1;                  // torch backend: intra-op threads per rank (1: deterministic)
 };
