@@ -16,7 +16,7 @@ namespace {
 // Forward migrations: migration i (1-based) takes the schema from version i−1 to version i. Never edit a
 // migration that has shipped; add a new one. Views are dropped and recreated by the last migration that
 // touches them.
-constexpr std::array<const char*, 3> kMigrations = {
+constexpr std::array<const char*, 4> kMigrations = {
     // v1: the core tables.
     R"sql(
 CREATE TABLE sweeps (
@@ -155,6 +155,12 @@ SELECT b.run_key AS branch, t.run_key AS trunk, b.experts, b.tokens, b.branch_st
        b.trained_tokens, b.state, t.state AS trunk_state, b.final_loss
 FROM runs b LEFT JOIN runs t ON t.id = b.trunk_id
 WHERE b.kind = 'branch';
+)sql",
+    // v4: a run reopened by --retry-failed (or a trunk reopened to rewrite a branch point) gets its whole
+    // retry budget again: only failures in attempts after this attempt id count against max_attempts.
+    // (Timestamps cannot tell: an attempt may start in the millisecond of the reopen.)
+    R"sql(
+ALTER TABLE runs ADD COLUMN failures_counted_after INTEGER NOT NULL DEFAULT 0;
 )sql",
 };
 
@@ -353,6 +359,9 @@ StatusRow status_row(const Statement& s) {
 }
 
 constexpr const char* kNow = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
+// For an UPDATE of runs that reopens them: failures before now no longer count (migration v4).
+constexpr const char* kFreshRetryBudget =
+    "failures_counted_after = (SELECT COALESCE(MAX(a.id), 0) FROM attempts a WHERE a.run_id = runs.id)";
 
 // A passive checkpoint moves the WAL into the database file without waiting for or blocking readers.
 void close_connection(sqlite3* db, Store::Mode mode) {
@@ -589,16 +598,15 @@ std::int64_t Store::reopen_runs(const std::string& sweep, const std::string& fro
   Transaction t(db_);
   const std::string members =
       "state=? AND id IN (SELECT sr.run_id FROM sweep_runs sr JOIN sweeps s ON s.id = sr.sweep_id WHERE s.name=?)";
-  // The event comes first, while the runs still have their old state; it also starts a fresh failure
-  // budget (count_attempts_since_reopen).
+  // The event comes first, while the runs still have their old state.
   Statement(db_, ("INSERT INTO events(run_id, kind, message) SELECT id, 'reopen', 'reopened: was ' || state "
                   "FROM runs WHERE " + members)
                      .c_str())
       .bind(1, from_state)
       .bind(2, sweep)
       .run();
-  Statement(db_, (std::string("UPDATE runs SET state='pending', error=NULL, updated_at=") + kNow + " WHERE " +
-                  members)
+  Statement(db_, (std::string("UPDATE runs SET state='pending', error=NULL, ") + kFreshRetryBudget +
+                  ", updated_at=" + kNow + " WHERE " + members)
                      .c_str())
       .bind(1, from_state)
       .bind(2, sweep)
@@ -610,8 +618,8 @@ std::int64_t Store::reopen_runs(const std::string& sweep, const std::string& fro
 
 bool Store::reopen_run(const std::string& run_key, const std::string& reason) {
   Transaction t(db_);
-  Statement(db_, (std::string("UPDATE runs SET state='pending', error=NULL, updated_at=") + kNow +
-                  " WHERE run_key=? AND state IN ('done','failed','diverged')")
+  Statement(db_, (std::string("UPDATE runs SET state='pending', error=NULL, ") + kFreshRetryBudget +
+                  ", updated_at=" + kNow + " WHERE run_key=? AND state IN ('done','failed','diverged')")
                      .c_str())
       .bind(1, run_key)
       .run();
@@ -630,8 +638,7 @@ bool Store::reopen_run(const std::string& run_key, const std::string& reason) {
 std::int64_t Store::count_attempts_since_reopen(const std::string& run_key, const std::string& exit_reason) const {
   Statement s(db_,
               "SELECT COUNT(*) FROM attempts a JOIN runs r ON r.id = a.run_id WHERE r.run_key=? AND "
-              "a.exit_reason=? AND a.started_at >= COALESCE((SELECT MAX(e.at) FROM events e WHERE e.run_id = r.id "
-              "AND e.kind = 'reopen'), '')");
+              "a.exit_reason=? AND a.id > r.failures_counted_after");
   s.bind(1, run_key).bind(2, exit_reason);
   s.step();
   return s.i64(0);
