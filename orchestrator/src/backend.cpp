@@ -208,8 +208,7 @@ class SimulateBackend : public Backend {
       for (; next_point < run.branch_points.size() && run.branch_points[next_point].tokens <= tokens;
            ++next_point) {
         const auto& point = run.branch_points[next_point];
-        const fs::path marker =
-            trainer::checkpoint_path(branch_points_dir(options_.workdir, run.run_key), point.step);
+        const fs::path marker = branch_point_path(options_.workdir, run.run_key, point.step);
         if (!fs::exists(marker)) save_line(marker, marker_line(point));  // also re-writes one moved aside
       }
     };

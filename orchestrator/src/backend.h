@@ -55,7 +55,8 @@ class Backend {
 std::unique_ptr<Backend> make_backend(const SweepRunOptions& options);
 
 // Where a trunk keeps its branch-point checkpoints: WORKDIR/<trunk key>/branch-points/ckpt-<step>.pt
-// (never rotated away). A branch becomes runnable when its file exists.
+// (never rotated away; `moesweep run` deletes them once the trunk and all its branches are done). A branch
+// becomes runnable when its file exists.
 std::filesystem::path branch_points_dir(const std::string& workdir, const std::string& trunk_key);
 std::filesystem::path branch_point_path(const std::string& workdir, const std::string& trunk_key,
                                         std::int64_t step);
