@@ -97,6 +97,20 @@ struct Value {
     }
     fail("expected a string, got " + type_name(node));
   }
+  std::string one_of(std::initializer_list<const char*> choices) const {
+    const std::string v = string();
+    std::string listed;
+    for (const char* choice : choices) {
+      if (v == choice) return v;
+      listed += std::string(listed.empty() ? "" : ", ") + "\"" + choice + "\"";
+    }
+    fail("must be one of " + listed + ", got \"" + v + "\"");
+  }
+  double below_one() const {
+    double v = non_negative();
+    if (!(v < 1)) fail("must lie in [0, 1), got " + format(v));
+    return v;
+  }
   bool boolean() const {
     if (auto b = node.as_boolean()) return b->get();
     fail("expected true or false, got " + type_name(node));
@@ -148,6 +162,19 @@ const std::vector<Field>& run_fields() {
        [](Point& p, const Value& v) { p.config.model.capacity_factor = v.positive(); }},
       {"model", "eval_capacity_factor",
        [](Point& p, const Value& v) { p.config.model.eval_capacity_factor = v.positive(); }},
+      {"model", "routing_group",
+       [](Point& p, const Value& v) { p.config.model.routing_group = v.integer_at_least(1); }},
+      {"model", "capacity_rounding",
+       [](Point& p, const Value& v) { p.config.model.capacity_rounding = v.one_of({"floor", "ceil"}); }},
+      {"model", "final_norm", [](Point& p, const Value& v) { p.config.model.final_norm = v.boolean(); }},
+      {"model", "init_truncation",
+       [](Point& p, const Value& v) { p.config.model.init_truncation = v.positive(); }},
+      {"model", "embedding_init_fan_in",
+       [](Point& p, const Value& v) { p.config.model.embedding_init_fan_in = v.integer_at_least(1); }},
+      {"model", "expert_down_fan_in",
+       [](Point& p, const Value& v) {
+         p.config.model.expert_down_fan_in = v.one_of({"all_experts", "one_expert"});
+       }},
       {"train", "tokens", [](Point& p, const Value& v) { p.config.train.tokens = v.integer_at_least(1); }},
       {"train", "batch_tokens",
        [](Point& p, const Value& v) { p.config.train.batch_tokens = v.integer_at_least(1); }},
@@ -181,6 +208,11 @@ const std::vector<Field>& run_fields() {
        [](Point& p, const Value& v) { p.config.train.z_loss_weight = v.non_negative(); }},
       {"train", "balance_loss_weight",
        [](Point& p, const Value& v) { p.config.train.balance_loss_weight = v.non_negative(); }},
+      {"train", "adam_beta1", [](Point& p, const Value& v) { p.config.train.adam_beta1 = v.below_one(); }},
+      {"train", "adam_beta2", [](Point& p, const Value& v) { p.config.train.adam_beta2 = v.below_one(); }},
+      {"train", "adam_eps", [](Point& p, const Value& v) { p.config.train.adam_eps = v.positive(); }},
+      {"train", "weight_decay_scope",
+       [](Point& p, const Value& v) { p.config.train.weight_decay_scope = v.one_of({"all", "matrices"}); }},
   };
   return fields;
 }
@@ -503,7 +535,13 @@ std::string canonical_json(const RunConfig& c, const std::string& branching) {
                 {"seq_len", c.model.seq_len},
                 {"vocab_size", c.model.vocab_size},
                 {"capacity_factor", c.model.capacity_factor},
-                {"eval_capacity_factor", c.model.eval_capacity_factor}};
+                {"eval_capacity_factor", c.model.eval_capacity_factor},
+                {"routing_group", c.model.routing_group},
+                {"capacity_rounding", c.model.capacity_rounding},
+                {"final_norm", c.model.final_norm},
+                {"init_truncation", c.model.init_truncation},
+                {"embedding_init_fan_in", c.model.embedding_init_fan_in},
+                {"expert_down_fan_in", c.model.expert_down_fan_in}};
   j["train"] = {{"tokens", c.train.tokens},
                 {"batch_tokens", c.train.batch_tokens},
                 {"lr", c.train.lr},
@@ -516,7 +554,11 @@ std::string canonical_json(const RunConfig& c, const std::string& branching) {
                 {"checkpoint_every_tokens", c.train.checkpoint_every_tokens},
                 {"batch_ramp", c.train.batch_ramp},
                 {"z_loss_weight", c.train.z_loss_weight},
-                {"balance_loss_weight", c.train.balance_loss_weight}};
+                {"balance_loss_weight", c.train.balance_loss_weight},
+                {"adam_beta1", c.train.adam_beta1},
+                {"adam_beta2", c.train.adam_beta2},
+                {"adam_eps", c.train.adam_eps},
+                {"weight_decay_scope", c.train.weight_decay_scope}};
   if (!branching.empty()) j["branching"] = branching;
   return j.dump();
 }

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "checkpoint.h"
 #include "moesweep/input_error.h"
 #include "moesweep/trainer/data.h"
 #include "moesweep/trainer/model.h"
@@ -34,38 +35,6 @@ TEST(Model, ParameterCountsMatchThePapersFormula) {
   }
 }
 
-TEST(Model, InitialisationIsTruncatedNormalScaledByFanIn) {
-  ModelConfig m;
-  m.d_model = 64;
-  m.experts = 2;
-  torch::manual_seed(0);
-  MoeTransformer model(m);
-  for (const auto& item : model->named_parameters()) {
-    if (item.key().find("norm") != std::string::npos) continue;
-    const auto fan_in = item.key().find("expert_down") != std::string::npos ? 3 * m.d_model : m.d_model;
-    const double std = std::sqrt(0.1 / static_cast<double>(fan_in));
-    EXPECT_LE(item.value().abs().max().item<double>(), 2.0 * std + 1e-7) << item.key();
-    // A normal truncated at ±2σ has standard deviation 0.88σ.
-    EXPECT_NEAR(item.value().std().item<double>(), 0.88 * std, 0.1 * std) << item.key();
-  }
-}
-
-TEST(Routing, OverflowKeepsTheMostProbableTokens) {
-  // Expert 0 gets four tokens but holds two: it keeps the two with the highest probability (0.9, 0.8).
-  const auto expert = torch::tensor({0, 0, 0, 1, 0, 1}, torch::kLong).unsqueeze(0);
-  const auto probability = torch::tensor({0.5, 0.9, 0.7, 0.6, 0.8, 0.55}, torch::kFloat).unsqueeze(0);
-  const auto routing = route_top1(expert, probability, 2, 2);
-  EXPECT_TRUE(torch::equal(routing.position[0], torch::tensor({3, 0, 2, 0, 1, 1}, torch::kLong)));
-  EXPECT_TRUE(torch::equal(routing.kept[0], torch::tensor({false, true, false, true, true, true})));
-}
-
-TEST(Routing, TiesGoToTheEarlierPositionAndGroupsAreIndependent) {
-  const auto expert = torch::tensor({{1, 1, 1}, {1, 0, 1}}, torch::kLong);
-  const auto probability = torch::full({2, 3}, 0.5);
-  const auto routing = route_top1(expert, probability, 2, 1);
-  EXPECT_TRUE(torch::equal(routing.kept, torch::tensor({{true, false, false}, {true, true, false}})));
-}
-
 TEST(Model, DroppedTokensChangeTheOutputAndAmpleCapacityDropsNone) {
   ModelConfig m;
   m.d_model = 32;
@@ -75,11 +44,15 @@ TEST(Model, DroppedTokensChangeTheOutputAndAmpleCapacityDropsNone) {
   MoeTransformer model(m);
   torch::NoGradGuard no_grad;
   const auto tokens = torch::randint(0, 256, {3, 32}, torch::kLong);
-  // Capacity is capped at seq_len, so factors E and 2E both keep every token: identical outputs.
+  // The 3 sequences are one routing group of 96 tokens; capacity is capped at the group, so factors E
+  // and 2E both keep every token: identical outputs.
   const auto ample = model->forward(tokens, 4.0).logits;
   EXPECT_TRUE(torch::equal(ample, model->forward(tokens, 8.0).logits));
-  // A factor of 0.25 holds 2 tokens per expert and sequence: most tokens skip the feed-forward.
-  EXPECT_FALSE(torch::allclose(ample, model->forward(tokens, 0.25).logits));
+  EXPECT_EQ(model->forward(tokens, 4.0).dropped.sum().item<std::int64_t>(), 0);
+  // A factor of 0.25 holds floor(0.25 · 96 / 4) = 6 tokens per expert: most tokens skip the feed-forward.
+  const auto scarce = model->forward(tokens, 0.25);
+  EXPECT_FALSE(torch::allclose(ample, scarce.logits));
+  EXPECT_GE(scarce.dropped.sum().item<std::int64_t>(), 2 * (96 - 4 * 6));  // in each of the 2 layers
 }
 
 TEST(Model, AuxiliaryLossesHaveTheSwitchScale) {
@@ -202,6 +175,25 @@ TEST_F(Training, CheckpointOfAnotherConfigIsRejected) {
   } catch (const InputError& e) {
     EXPECT_THAT(e.what(), HasSubstr("another run config"));
     EXPECT_THAT(e.what(), HasSubstr("train.lr"));
+  }
+}
+
+TEST_F(Training, CheckpointOfTheOlderRecipeIsRefusedForResume) {
+  // Checkpoints written before routing groups and the authors' recipe carry a config text without the
+  // recipe line; resuming one would continue a different model.
+  MoeTransformer model(config().model);
+  auto optimizer = make_optimizer(*model, config().train);
+  save_checkpoint(dir() / "old-recipe", {5, 5 * 256}, "data.tokenizer = byte\nmodel.d_model = 32\n", *model,
+                  *optimizer);
+  auto resume = options("old-recipe");
+  resume.resume = true;
+  RecordingObserver observer;
+  try {
+    train(config(), resume, observer);
+    FAIL() << "resumed from a checkpoint of the older recipe";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("older training recipe"));
+    EXPECT_THAT(e.what(), HasSubstr("ckpt-000000000005.pt"));
   }
 }
 

@@ -88,6 +88,11 @@ LoadedCheckpoint restore(const std::filesystem::path& path, const ParsedCheckpoi
                          const std::string& config_text, MoeTransformerImpl& model,
                          torch::optim::Optimizer& optimizer) {
   const auto& [header, config, payload] = parsed;
+  if (config != config_text && config.rfind(kRecipeLine, 0) != 0) {
+    throw InputError(path.string() +
+                     ": checkpoint was written by moesweep's older training recipe (per-sequence routing "
+                     "that kept tokens by probability); it cannot be resumed: remove it to train the run afresh");
+  }
   if (config != config_text) {
     throw InputError(path.string() + ": checkpoint of another run config (" +
                      first_difference(std::string(config), config_text) + ")");

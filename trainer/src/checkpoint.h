@@ -14,6 +14,11 @@
 
 namespace moesweep::trainer {
 
+// The first line of every run config text a checkpoint carries since the authors' recipe (routing
+// groups, capacity kept by position, their init and AdamW). A checkpoint whose config text lacks it was
+// written by the older recipe and is refused for resume with a message that says so.
+inline constexpr const char* kRecipeLine = "recipe = llm-random (routing groups, capacity kept by position)";
+
 struct CheckpointPosition {
   std::int64_t step = 0;
   std::int64_t tokens = 0;

@@ -78,7 +78,9 @@ PreparedData prepare_data(const std::vector<Document>& documents, const Tokenize
   for (std::size_t i = 0; i < documents.size(); ++i) {
     std::vector<std::uint16_t> ids;
     try {
-      ids = tokenizer.encode(documents[i].text + "\n\n");
+      ids = tokenizer.encode(documents[i].text);
+      const auto separator = tokenizer.document_separator();
+      ids.insert(ids.end(), separator.begin(), separator.end());
     } catch (const InputError& e) {
       throw InputError(documents[i].name + ": " + e.what());
     }

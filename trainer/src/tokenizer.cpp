@@ -22,6 +22,8 @@ class ByteTokenizer final : public Tokenizer {
  public:
   std::string name() const override { return "byte"; }
   std::int64_t vocab_size() const override { return 256; }
+  // 256 byte values leave no id for a special token: documents end with a blank line instead.
+  std::vector<std::uint16_t> document_separator() const override { return encode("\n\n"); }
   std::vector<std::uint16_t> encode(std::string_view text) const override {
     std::vector<std::uint16_t> ids(text.size());
     for (std::size_t i = 0; i < text.size(); ++i) ids[i] = static_cast<unsigned char>(text[i]);
@@ -99,6 +101,8 @@ class Gpt2Tokenizer final : public Tokenizer {
 
   std::string name() const override { return "gpt2"; }
   std::int64_t vocab_size() const override { return static_cast<std::int64_t>(decoder_.size()); }
+  // GPT-2's <|endoftext|> (50256), as the authors' data pipeline puts it between documents.
+  std::vector<std::uint16_t> document_separator() const override { return {end_of_text_}; }
 
   std::vector<std::uint16_t> encode(std::string_view text) const override {
     std::vector<std::uint16_t> ids;
@@ -149,6 +153,9 @@ class Gpt2Tokenizer final : public Tokenizer {
       decoder_[id] = bytes;
       encoder_.emplace(std::move(bytes), static_cast<std::uint16_t>(id));
     }
+    const auto end_of_text = json.find("<|endoftext|>");
+    if (end_of_text == json.end()) throw InputError(path.string() + ": has no <|endoftext|> token");
+    end_of_text_ = end_of_text->get<std::uint16_t>();
   }
 
   void load_merges(const std::filesystem::path& path) {
@@ -225,6 +232,7 @@ class Gpt2Tokenizer final : public Tokenizer {
 
   Gpt2Alphabet alphabet_;
   std::unordered_map<std::string, std::uint16_t> encoder_;
+  std::uint16_t end_of_text_ = 0;
   std::vector<std::string> decoder_;
   std::unordered_map<std::string, int> ranks_;
   pcre2_code* pattern_ = nullptr;

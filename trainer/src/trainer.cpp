@@ -6,6 +6,7 @@
 #include <set>
 #include <sstream>
 
+#include "blas_threads.h"
 #include "checkpoint.h"
 #include "gradient_allreduce.h"
 #include "moesweep/input_error.h"
@@ -23,11 +24,14 @@ double seconds_since(Clock::time_point start) {
 
 // The fields that determine the training trajectory, one "key = value" per line. A checkpoint carries
 // it and resuming needs an exact match. Data paths, eval settings and the checkpoint interval are left
-// out: moving the shards or changing how often to checkpoint must not orphan a run's checkpoints.
+// out: moving the shards or changing how often to checkpoint must not orphan a run's checkpoints. The
+// first line names the recipe (kRecipeLine): checkpoints written before it existed are refused with
+// their own message.
 std::string trajectory_fingerprint(const RunConfig& c) {
   std::ostringstream out;
   out.precision(17);
-  out << "data.tokenizer = " << c.data.tokenizer << "\n"
+  out << kRecipeLine << "\n"
+      << "data.tokenizer = " << c.data.tokenizer << "\n"
       << "model.d_model = " << c.model.d_model << "\n"
       << "model.n_layers = " << c.model.n_layers << "\n"
       << "model.n_heads = " << c.model.n_heads << "\n"
@@ -35,6 +39,12 @@ std::string trajectory_fingerprint(const RunConfig& c) {
       << "model.seq_len = " << c.model.seq_len << "\n"
       << "model.vocab_size = " << c.model.vocab_size << "\n"
       << "model.capacity_factor = " << c.model.capacity_factor << "\n"
+      << "model.routing_group = " << c.model.routing_group << "\n"
+      << "model.capacity_rounding = " << c.model.capacity_rounding << "\n"
+      << "model.final_norm = " << c.model.final_norm << "\n"
+      << "model.init_truncation = " << c.model.init_truncation << "\n"
+      << "model.embedding_init_fan_in = " << c.model.embedding_init_fan_in << "\n"
+      << "model.expert_down_fan_in = " << c.model.expert_down_fan_in << "\n"
       << "train.tokens = " << c.train.tokens << "\n"
       << "train.batch_tokens = " << c.train.batch_tokens << "\n"
       << "train.batch_ramp = " << c.train.batch_ramp << "\n"
@@ -45,7 +55,11 @@ std::string trajectory_fingerprint(const RunConfig& c) {
       << "train.grad_clip = " << c.train.grad_clip << "\n"
       << "train.seed = " << c.train.seed << "\n"
       << "train.z_loss_weight = " << c.train.z_loss_weight << "\n"
-      << "train.balance_loss_weight = " << c.train.balance_loss_weight << "\n";
+      << "train.balance_loss_weight = " << c.train.balance_loss_weight << "\n"
+      << "train.adam_beta1 = " << c.train.adam_beta1 << "\n"
+      << "train.adam_beta2 = " << c.train.adam_beta2 << "\n"
+      << "train.adam_eps = " << c.train.adam_eps << "\n"
+      << "train.weight_decay_scope = " << c.train.weight_decay_scope << "\n";
   return out.str();
 }
 
@@ -98,26 +112,23 @@ class Trainer {
     check_shard(train_shard_, "train", config, static_cast<std::size_t>(config.model.seq_len + 1));
     check_shard(val_shard_, "val", config,
                 static_cast<std::size_t>(eval_sequences_ * config.model.seq_len + 1));
+    // The BLAS pool follows the intra-op thread count whatever OPENBLAS_NUM_THREADS says: the same run
+    // then gives the same bits on any machine of the same CPU kernel family.
     if (options.threads > 0) torch::set_num_threads(options.threads);
+    set_blas_threads(torch::get_num_threads());
     torch::manual_seed(config.train.seed);
     model_ = MoeTransformer(config.model, device_.is_cuda() ? torch::kBFloat16 : torch::kFloat);
     model_->to(device_);
-    // Weight decay on matrices only (embedding, head, attention, router, experts), not on LayerNorm.
-    std::vector<torch::Tensor> decayed, not_decayed;
-    for (auto& parameter : model_->parameters())
-      (parameter.dim() >= 2 ? decayed : not_decayed).push_back(parameter);
-    const auto adam = torch::optim::AdamWOptions(config.train.lr).betas({0.9, 0.95}).eps(1e-8);
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    groups.emplace_back(decayed,
-                        std::make_unique<torch::optim::AdamWOptions>(
-                            torch::optim::AdamWOptions(adam).weight_decay(config.train.weight_decay)));
-    groups.emplace_back(not_decayed, std::make_unique<torch::optim::AdamWOptions>(
-                                         torch::optim::AdamWOptions(adam).weight_decay(0.0)));
-    optimizer_ = std::make_unique<torch::optim::AdamW>(std::move(groups), adam);
+    optimizer_ = make_optimizer(*model_, config.train);
+    // Ranks take whole routing groups, so the smallest batch must hold a group for every rank.
     const auto smallest_batch = batch_sequences_at(config, 0);
-    require(smallest_batch >= reduce_.size(), "train.batch_tokens",
-            "the batch (" + std::to_string(smallest_batch) + " sequences) is smaller than the " +
-                std::to_string(reduce_.size()) + " data-parallel ranks");
+    const auto group = routing_group_size(config.model, smallest_batch);
+    require(smallest_batch / group >= reduce_.size(), "model.routing_group",
+            "the batch of " + std::to_string(smallest_batch) + " sequences makes " +
+                std::to_string(smallest_batch / group) + " routing group(s) of " + std::to_string(group) +
+                ", fewer than the " + std::to_string(reduce_.size()) +
+                " data-parallel ranks; set model.routing_group to at most " +
+                std::to_string(smallest_batch / reduce_.size()));
     const auto last = step_boundary_at_or_after(config, config.train.tokens).tokens;
     for (const auto tokens : options.keep_checkpoints_at_tokens) {
       require(!options.keep_dir.empty(), "keep_dir", "kept checkpoints need a directory");
@@ -200,18 +211,19 @@ class Trainer {
   }
 
  private:
-  struct StepLosses {
+  struct ReducedLosses {
     double lm_loss;     // global-batch mean cross-entropy
     double total_loss;  // with the auxiliary losses
     bool stop;          // some rank was asked to stop
   };
 
-  // One optimizer step on this rank's slice of the global batch. Each rank scales its losses by its
+  // One optimizer step on this rank's slice of the global batch: whole routing groups, so the routing
+  // and the auxiliary losses are the same on any number of ranks. Each rank scales its losses by its
   // share of the sequences, so summing gradients over ranks gives the global-batch gradient. The
   // reported losses and the stop flag ride along in the same all-reduce.
-  StepLosses train_step(std::int64_t step, std::int64_t sequences, bool stop_requested) {
+  ReducedLosses train_step(std::int64_t step, std::int64_t sequences, bool stop_requested) {
     const auto T = config_.model.seq_len;
-    const auto [begin, end] = slice_of(sequences, reduce_.rank(), reduce_.size());
+    const auto [begin, end] = data_parallel_slice(config_.model, sequences, reduce_.rank(), reduce_.size());
     std::vector<std::size_t> offsets;
     for (auto sequence = begin; sequence < end; ++sequence) {
       offsets.push_back(training_window_offset(config_.train.seed, step, sequence, train_shard_.size(),
@@ -222,15 +234,12 @@ class Trainer {
 
     optimizer_->zero_grad();
     const auto out = model_->forward(batch.narrow(1, 0, T), config_.model.capacity_factor);
-    const auto lm_loss = torch::nn::functional::cross_entropy(
-        out.logits.reshape({-1, config_.model.vocab_size}), batch.narrow(1, 1, T).reshape(-1));
-    const auto total_loss = lm_loss + config_.train.z_loss_weight * out.z_loss +
-                            config_.train.balance_loss_weight * out.balance_loss;
+    const auto [lm_loss, total_loss] = training_losses(out, batch, config_.train);
     (total_loss * share).backward();
     const auto parameters = model_->parameters();
-    const StepLosses losses =
+    const ReducedLosses losses =
         reduce_.size() == 1
-            ? StepLosses{lm_loss.item<double>(), total_loss.item<double>(), stop_requested}
+            ? ReducedLosses{lm_loss.item<double>(), total_loss.item<double>(), stop_requested}
             : sum_over_ranks(parameters, lm_loss.detach() * share, total_loss.detach() * share, stop_requested);
     if (!std::isfinite(losses.total_loss)) return losses;  // never apply a non-finite update
 
@@ -241,7 +250,7 @@ class Trainer {
 
   // Sums the gradients and the step's losses and stop flag over the ranks in one all-reduce. A single
   // rank skips this: packing every gradient into one buffer and back costs a few percent of a step.
-  StepLosses sum_over_ranks(const std::vector<torch::Tensor>& parameters, const torch::Tensor& lm_loss,
+  ReducedLosses sum_over_ranks(const std::vector<torch::Tensor>& parameters, const torch::Tensor& lm_loss,
                             const torch::Tensor& total_loss, bool stop_requested) {
     std::vector<torch::Tensor> pieces;
     for (const auto& parameter : parameters) pieces.push_back(parameter.grad().to(torch::kFloat).reshape(-1));
@@ -269,17 +278,19 @@ class Trainer {
   }
 
   // Mean cross-entropy over the first eval_tokens of val (contiguous windows), with the eval capacity
-  // factor. Ranks split the windows; chunks and the summation order are fixed, so the figure is
-  // reproducible to the bit on CPU for a given rank count.
+  // factor, one forward call per routing group (the authors' eval ran chunks of 64 sequences; the last
+  // group may be shorter). Ranks split the groups; the groups and the summation order are fixed, so the
+  // figure is reproducible to the bit on CPU for a given rank count.
   double evaluate() {
     torch::NoGradGuard no_grad;
     const auto T = config_.model.seq_len;
-    const auto chunk = batch_sequences_at(config_, config_.train.tokens);
-    const auto [begin, end] = slice_of(eval_sequences_, reduce_.rank(), reduce_.size());
+    const auto group = routing_group_size(config_.model, eval_sequences_);
+    const auto groups = (eval_sequences_ + group - 1) / group;
+    const auto [first_group, end_group] = slice_of(groups, reduce_.rank(), reduce_.size());
     double loss_sum = 0.0;
-    for (auto first = begin; first < end; first += chunk) {
+    for (auto g = first_group; g < end_group; ++g) {
       std::vector<std::size_t> offsets;
-      for (auto sequence = first; sequence < std::min(end, first + chunk); ++sequence) {
+      for (auto sequence = g * group; sequence < std::min(eval_sequences_, (g + 1) * group); ++sequence) {
         offsets.push_back(static_cast<std::size_t>(sequence * T));
       }
       const auto batch = windows(val_shard_, offsets, T).to(device_);
@@ -357,9 +368,31 @@ void validate(const RunConfig& c) {
           std::to_string(m.vocab_size) + " does not match the " + c.data.tokenizer + " tokenizer (" +
               std::to_string(vocab_size_of(c.data.tokenizer)) + ")");
   require(m.capacity_factor > 0 && m.eval_capacity_factor > 0, "model.capacity_factor", "must be positive");
+  require(m.routing_group >= 1, "model.routing_group", "must be at least 1 sequence");
+  require(m.capacity_rounding == "floor" || m.capacity_rounding == "ceil", "model.capacity_rounding",
+          "must be \"floor\" or \"ceil\", got \"" + m.capacity_rounding + "\"");
+  require(m.init_truncation > 0, "model.init_truncation", "must be positive");
+  require(m.embedding_init_fan_in >= 1, "model.embedding_init_fan_in", "must be at least 1");
+  require(m.expert_down_fan_in == "all_experts" || m.expert_down_fan_in == "one_expert",
+          "model.expert_down_fan_in",
+          "must be \"all_experts\" or \"one_expert\", got \"" + m.expert_down_fan_in + "\"");
+  require(t.adam_beta1 >= 0 && t.adam_beta1 < 1 && t.adam_beta2 >= 0 && t.adam_beta2 < 1, "train.adam_beta2",
+          "AdamW betas must be in [0, 1)");
+  require(t.adam_eps > 0, "train.adam_eps", "must be positive");
+  require(t.weight_decay_scope == "all" || t.weight_decay_scope == "matrices", "train.weight_decay_scope",
+          "must be \"all\" or \"matrices\", got \"" + t.weight_decay_scope + "\"");
   require(t.tokens > 0, "train.tokens", "must be positive");
   require(t.batch_tokens > 0 && t.batch_tokens % m.seq_len == 0, "train.batch_tokens",
           "must be a positive multiple of seq_len (" + std::to_string(m.seq_len) + ")");
+  // Every batch of the run must be whole routing groups: the batch ramp's three sizes (run_config.h), or
+  // the one batch.
+  for (const std::int64_t tokens : {0LL, 500'000'000LL, 1'000'000'000LL}) {
+    const auto sequences = batch_sequences_at(c, tokens);
+    const auto group = routing_group_size(m, sequences);
+    require(sequences % group == 0, "model.routing_group",
+            "a batch of " + std::to_string(sequences) + " sequences is not a whole number of " +
+                std::to_string(group) + "-sequence routing groups");
+  }
   require(std::isfinite(t.lr) && t.lr > 0, "train.lr", "must be a positive number");
   require(t.warmup_tokens >= 0, "train.warmup_tokens", "must not be negative");
   require(t.decay_fraction >= 0 && t.decay_fraction <= 1, "train.decay_fraction", "must be in [0, 1]");
@@ -367,6 +400,13 @@ void validate(const RunConfig& c) {
   require(t.grad_clip > 0, "train.grad_clip", "must be positive");
   require(t.eval_tokens >= m.seq_len, "train.eval_tokens", "must be at least seq_len");
   require(t.checkpoint_every_tokens >= 0, "train.checkpoint_every_tokens", "must not be negative");
+}
+
+std::pair<std::int64_t, std::int64_t> data_parallel_slice(const ModelConfig& model, std::int64_t sequences,
+                                                          int rank, int ranks) {
+  const auto group = routing_group_size(model, sequences);
+  const auto [first_group, end_group] = slice_of(sequences / group, rank, ranks);
+  return {first_group * group, end_group * group};
 }
 
 Result train(const RunConfig& config, const TrainOptions& options, TrainingObserver& observer) {

@@ -30,6 +30,9 @@ class Tokenizer {
   // Throws InputError when the text is not valid UTF-8 (gpt2 only; byte accepts any bytes).
   virtual std::vector<std::uint16_t> encode(std::string_view text) const = 0;
   virtual std::string decode(std::span<const std::uint16_t> ids) const = 0;
+  // The ids prepare-data appends after every document: GPT-2's <|endoftext|> for gpt2 (as the authors'
+  // data pipeline does); "\n\n" for byte, whose 256 ids leave no room for a special token.
+  virtual std::vector<std::uint16_t> document_separator() const = 0;
 };
 
 // "byte": one id per byte, 256 symbols.

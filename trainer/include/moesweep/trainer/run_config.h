@@ -21,6 +21,22 @@ struct ModelConfig {
   std::int64_t vocab_size = 256;  // derived from the tokenizer
   double capacity_factor = 1.0;       // training
   double eval_capacity_factor = 1.5;  // evaluation (the paper's measured loss)
+
+  // The authors' recipe (llm-random, branch constrained_main_eval; DESIGN.md "Trainer recipe details").
+  // Routing group, in sequences: capacity and both auxiliary losses are computed over the tokens of
+  // this many consecutive sequences of a batch (the whole batch when it is smaller), in training and in
+  // eval. The authors' group is one forward call (the per-GPU micro-batch; 64 sequences in their eval);
+  // ours is a fixed count, so a run gives the same result on any number of data-parallel ranks.
+  std::int64_t routing_group = 64;
+  // Capacity per expert and group = min(round(cf · group_tokens / E), group_tokens); the authors floor.
+  std::string capacity_rounding = "floor";  // "floor" | "ceil"
+  bool final_norm = false;                  // the authors have no LayerNorm before the head
+  // Init: normal with std √(0.1 / fan_in), cut at ±init_truncation (absolute; the authors' 0.2 cuts
+  // nothing but the embedding, whose std is √0.1 with their fan_in of 1).
+  double init_truncation = 0.2;
+  std::int64_t embedding_init_fan_in = 1;
+  // The expert down-projection's fan_in: "all_experts" = E·3d (the authors' code), "one_expert" = 3d.
+  std::string expert_down_fan_in = "all_experts";
 };
 
 struct TrainConfig {
@@ -38,6 +54,13 @@ struct TrainConfig {
   bool batch_ramp = false;  // the paper's 128 -> 256 -> 512 sequence ramp at 0.5B and 1B tokens
   double z_loss_weight = 0.001;
   double balance_loss_weight = 0.01;
+  // AdamW as the authors ran it: PyTorch's defaults β = (0.9, 0.999), eps 1e-8, never overridden.
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double adam_eps = 1e-8;
+  // Which parameters weight decay applies to: "all" (the authors: every parameter, LayerNorm included)
+  // or "matrices" (the common GPT practice: parameters of two or more dimensions only).
+  std::string weight_decay_scope = "all";
 };
 
 struct RunConfig {

@@ -3,16 +3,20 @@
 // sweeps or databases.
 //
 // Determinism: on CPU the training and evaluation kernels are deterministic for a fixed number of
-// intra-op threads, data windows are a pure function of (seed, step), and a checkpoint holds the
-// exact parameters, AdamW state and RNG state, so a resumed run ends with a bit-identical eval_loss
-// to an uninterrupted one *run with the same thread count* (TrainOptions::threads; the default is
-// LibTorch's, the number of cores). CUDA runs are reproducible only within float tolerance.
+// threads, data windows are a pure function of (seed, step), and a checkpoint holds the exact
+// parameters, AdamW state and RNG state. The trainer sets the BLAS library's own thread pool to the
+// intra-op count (TrainOptions::threads; the default is LibTorch's, the number of cores), whatever
+// OPENBLAS_NUM_THREADS says. So the same binary, on the same CPU kernel family (the BLAS picks its GEMM
+// kernel per CPU model), with the same thread count and rank count, gives a bit-identical eval_loss,
+// resumed or not. Another CPU model or thread count can move the last digits, and through a flipped
+// routing decision the loss by more. CUDA runs are reproducible only within float tolerance.
 //
-// Data parallelism: with an MPI communicator of k ranks, each rank takes a disjoint slice of the
-// global batch's sequences; gradients (already scaled by each rank's share of the batch) are summed
-// with one all-reduce (NCCL for CUDA tensors when built with it, MPI otherwise), so the update equals
-// the single-rank one within float tolerance. Routing capacity and the balance loss are computed per
-// sequence, which is what makes the split irrelevant. Rank 0 writes the checkpoints.
+// Data parallelism: with an MPI communicator of k ranks, each rank takes whole routing groups of the
+// global batch (model.routing_group sequences each); gradients (already scaled by each rank's share of
+// the batch) are summed with one all-reduce (NCCL for CUDA tensors when built with it, MPI otherwise),
+// so the update equals the single-rank one within float tolerance. Capacity and the auxiliary losses
+// are computed per routing group, which is what makes the split irrelevant; the smallest batch must
+// hold at least k groups. Rank 0 writes the checkpoints.
 #include <mpi.h>
 
 #include <cstdint>
@@ -20,6 +24,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "moesweep/trainer/run_config.h"
@@ -102,6 +107,11 @@ Result train(const RunConfig& config, const TrainOptions& options, TrainingObser
 
 // Throws InputError when the config cannot be trained (shapes, batch, token counts).
 void validate(const RunConfig& config);
+
+// The sequences [first, second) of a global batch of `sequences` that rank `rank` of `ranks` trains:
+// whole routing groups (routing_group_size(model, sequences) each), split as evenly as possible.
+std::pair<std::int64_t, std::int64_t> data_parallel_slice(const ModelConfig& model, std::int64_t sequences,
+                                                          int rank, int ranks);
 
 // The schedule (learning_rate_at, batch_sequences_at, step boundaries, cooldown branch points) is plain
 // config arithmetic and lives in run_config.h, so that sweep expansion can use it without LibTorch.
