@@ -3,18 +3,30 @@
 // (bench/trainer_bench.py, run with the same thread count). Prints figures; never passes or fails.
 //
 //   trainer_bench [--device cpu|cuda] [--threads N] [--steps S] [--warmup W] [--repeats R]
-//                 [--peak-tflops P] [--no-python | --python INTERPRETER]
+//                 [--shape D,LAYERS,HEADS,SEQ_LEN,BATCH,TOKENIZER ...] [--peak-tflops P]
+//                 [--no-python | --python INTERPRETER]
 //
 // Each shape is measured R times, native and Python alternating, and the medians are compared: on a
 // shared 2-core machine one measurement moves by ±15%, and drift would favour whichever side ran first.
+// The Python side runs on CPU only. --shape replaces the built-in ladder (BATCH in sequences).
 //
 // MFU = tokens/s · (6·N_act + 6·n_layers·seq_len·d_model) / peak. The peak is stated with the figures:
-// on CUDA the H100 SXM dense bf16 peak (989 TFLOP/s) unless --peak-tflops says otherwise; on CPU the
-// fp32 GEMM throughput this machine measures (2048² matmul, same threads), since a CPU's paper peak
-// depends on clocks and vector units that LibTorch does not report.
+// on CUDA the H100/H200 SXM dense bf16 peak (989 TFLOP/s, NVIDIA's datasheet; the H200 has the H100's
+// arithmetic) unless --peak-tflops says otherwise; on CPU the fp32 GEMM throughput this machine
+// measures (2048² matmul, same threads), since a CPU's paper peak depends on clocks and vector units
+// that LibTorch does not report.
+//
+// Peak GPU memory (CUDA builds of LibTorch, see bench/CMakeLists.txt): the most bytes the caching
+// allocator handed to tensors during a measurement and the most it reserved from the driver, as
+// torch.cuda.max_memory_allocated() and max_memory_reserved() report them; the largest of the R.
+// bench/gpu-check.sh builds and runs this on a GPU machine in one command.
 #include <torch/torch.h>
 #include <torch/version.h>
 #include <unistd.h>
+
+#ifdef MOESWEEP_TORCH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -26,6 +38,7 @@
 #include <optional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "moesweep/trainer/data.h"
@@ -47,6 +60,7 @@ struct Options {
   int steps = 6;
   int warmup = 2;
   int repeats = 3;
+  std::vector<std::string> shapes;  // "D,LAYERS,HEADS,SEQ_LEN,BATCH,TOKENIZER"; empty: the built-in ladder
   double peak_tflops = 0;  // 0: the default for the device
   bool python = true;
   std::string python_interpreter = "/usr/bin/python3";  // Debian's, where python3-torch installs
@@ -150,6 +164,53 @@ std::map<std::string, double> python_tokens_per_s(const std::vector<std::string>
   return rates;
 }
 
+// "512,8,8,512,64,gpt2" -> d_model 512, 8 layers, 8 heads, seq_len 512, 64 sequences, GPT-2 vocabulary.
+Shape parse_shape(const std::string& text) {
+  std::istringstream in(text);
+  std::vector<std::string> fields;
+  for (std::string field; std::getline(in, field, ',');) fields.push_back(field);
+  Shape shape{};
+  try {
+    if (fields.size() != 6) throw std::invalid_argument("six fields");
+    shape = {std::stoll(fields[0]), std::stoll(fields[1]), std::stoll(fields[2]),
+             std::stoll(fields[3]), std::stoll(fields[4]), fields[5]};
+  } catch (const std::exception&) {
+    throw CLI::ValidationError("--shape", "'" + text + "' is not D,LAYERS,HEADS,SEQ_LEN,BATCH,TOKENIZER");
+  }
+  if (moesweep::trainer::vocab_size_of(shape.tokenizer) <= 0)
+    throw CLI::ValidationError("--shape", "unknown tokenizer '" + shape.tokenizer + "' (byte or gpt2)");
+  return shape;
+}
+
+// Peak GPU memory of the measurements since the last reset, from LibTorch's CUDA caching allocator;
+// nothing on CPU or without a CUDA build of LibTorch.
+struct PeakMemory {
+  double allocated_gib = 0, reserved_gib = 0;
+};
+
+void reset_peak_memory(const torch::Device& device) {
+#ifdef MOESWEEP_TORCH_CUDA
+  if (!device.is_cuda()) return;
+  c10::cuda::CUDACachingAllocator::emptyCache();  // reserved memory of the previous shape goes back
+  c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index()
+                                                                     : c10::cuda::current_device());
+#endif
+}
+
+std::optional<PeakMemory> peak_memory(const torch::Device& device) {
+#ifdef MOESWEEP_TORCH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(
+        device.has_index() ? device.index() : c10::cuda::current_device());
+    // Element 0 of each StatArray is StatType::AGGREGATE: all pools, as torch.cuda.max_memory_* report.
+    constexpr double gib = 1024.0 * 1024.0 * 1024.0;
+    return PeakMemory{static_cast<double>(stats.allocated_bytes[0].peak) / gib,
+                      static_cast<double>(stats.reserved_bytes[0].peak) / gib};
+  }
+#endif
+  return std::nullopt;
+}
+
 double median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
   const auto n = values.size();
@@ -168,6 +229,8 @@ int main(int argc, char** argv) {
   app.add_option("--repeats", options.repeats, "measurements per shape and side (medians are reported)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  app.add_option("--shape", options.shapes,
+                 "D,LAYERS,HEADS,SEQ_LEN,BATCH,TOKENIZER instead of the built-in ladder (repeatable)");
   app.add_option("--peak-tflops", options.peak_tflops,
                  "device peak for MFU (default: see the header comment)");
   app.add_flag("!--no-python", options.python, "skip the PyTorch eager comparison");
@@ -179,10 +242,27 @@ int main(int argc, char** argv) {
   const bool cuda = options.device.rfind("cuda", 0) == 0;
   // CPU: small shapes with the byte vocabulary (a step takes about a second on two cores).
   // CUDA: the d_model 512, 8 layers with GPT-2's vocabulary, in bf16.
-  const std::vector<Shape> ladder =
+  std::vector<Shape> ladder =
       cuda ? std::vector<Shape>{{512, 8, 8, 512, 64, "gpt2"}}
            : std::vector<Shape>{
                  {64, 2, 4, 128, 16, "byte"}, {128, 4, 4, 128, 16, "byte"}, {256, 4, 8, 128, 16, "byte"}};
+  if (!options.shapes.empty()) {
+    ladder.clear();
+    try {
+      for (const auto& text : options.shapes) ladder.push_back(parse_shape(text));
+    } catch (const CLI::ParseError& e) {
+      return app.exit(e);
+    }
+  }
+  const torch::Device device(options.device);
+  if (cuda) {
+    if (!torch::cuda::is_available()) {
+      std::fprintf(stderr, "trainer_bench: --device %s, but this LibTorch (%s) sees no CUDA device\n",
+                   options.device.c_str(), TORCH_VERSION);
+      return 1;
+    }
+    torch::zeros({1}, torch::TensorOptions().device(device));  // initialises CUDA and its allocator
+  }
   const double peak = options.peak_tflops > 0 ? options.peak_tflops
                       : cuda                  ? 989.0
                                               : measured_cpu_peak_tflops();
@@ -192,7 +272,7 @@ int main(int argc, char** argv) {
               options.threads);
   std::printf("peak for MFU: %.3f TFLOP/s (%s)\n", peak,
               options.peak_tflops > 0 ? "given"
-              : cuda                  ? "H100 SXM dense bf16"
+              : cuda                  ? "H100/H200 SXM dense bf16"
                                       : "measured fp32 2048² GEMM");
   std::printf("%d timed steps after %d warm-up steps per shape; median of %d measurements per side, %s\n\n",
               options.steps, options.warmup, options.repeats,
@@ -212,7 +292,8 @@ int main(int argc, char** argv) {
     Shape shape;
     std::int64_t experts, n_act;
     double tokens_per_s, mfu;
-    std::optional<double> python_tokens_per_s;
+    std::optional<PeakMemory> memory{};  // CUDA only
+    std::optional<double> python_tokens_per_s{};
     double lowest_ratio = 0, highest_ratio = 0;  // of the alternating pairs
   };
   std::vector<Row> rows;
@@ -224,10 +305,17 @@ int main(int argc, char** argv) {
       train_options.device = options.device;
       train_options.threads = options.threads;
       std::vector<double> native, python, ratios;
+      std::optional<PeakMemory> memory;
       for (int repeat = 0; repeat < options.repeats; ++repeat) {
         StepTimer timer(options.warmup);
+        reset_peak_memory(device);
         moesweep::trainer::train(config, train_options, timer);
         native.push_back(timer.tokens_per_s());
+        if (const auto measured = peak_memory(device)) {
+          if (!memory) memory = PeakMemory{};
+          memory->allocated_gib = std::max(memory->allocated_gib, measured->allocated_gib);
+          memory->reserved_gib = std::max(memory->reserved_gib, measured->reserved_gib);
+        }
         if (!python_available) continue;
         const auto key = shape_key(shape, experts);
         const auto rates = python_tokens_per_s({key}, options);
@@ -243,6 +331,7 @@ int main(int argc, char** argv) {
           6.0 * static_cast<double>(n_act) +
           6.0 * static_cast<double>(shape.n_layers * shape.seq_len * shape.d_model);
       Row row{shape, experts, n_act, median(native), median(native) * flops_per_token / (peak * 1e12)};
+      row.memory = memory;
       if (python_available && !python.empty()) {
         row.python_tokens_per_s = median(python);
         row.lowest_ratio = *std::min_element(ratios.begin(), ratios.end());
@@ -253,20 +342,32 @@ int main(int argc, char** argv) {
   }
   std::filesystem::remove_all(dir);
 
-  std::printf("%7s %6s %5s %7s %6s %3s %9s %12s %7s %12s %8s %13s\n", "d_model", "layers", "heads", "seq_len",
-              "batch", "E", "N_act", "native tok/s", "MFU", "python tok/s", "C++/py", "pairs min-max");
+  std::printf("%7s %6s %5s %7s %6s %3s %9s %12s %7s %8s %8s %12s %8s %13s\n", "d_model", "layers", "heads",
+              "seq_len", "batch", "E", "N_act", "native tok/s", "MFU", "peak GiB", "rsvd GiB", "python tok/s",
+              "C++/py", "pairs min-max");
   for (const auto& row : rows) {
     std::printf("%7lld %6lld %5lld %7lld %6lld %3lld %9lld %12.0f %6.2f%%",
                 static_cast<long long>(row.shape.d_model), static_cast<long long>(row.shape.n_layers),
                 static_cast<long long>(row.shape.n_heads), static_cast<long long>(row.shape.seq_len),
                 static_cast<long long>(row.shape.batch_sequences), static_cast<long long>(row.experts),
                 static_cast<long long>(row.n_act), row.tokens_per_s, 100.0 * row.mfu);
+    if (row.memory) {
+      std::printf(" %8.2f %8.2f", row.memory->allocated_gib, row.memory->reserved_gib);
+    } else {
+      std::printf(" %8s %8s", "-", "-");
+    }
     if (row.python_tokens_per_s) {
       std::printf(" %12.0f %8.2f %6.2f-%-6.2f\n", *row.python_tokens_per_s,
                   row.tokens_per_s / *row.python_tokens_per_s, row.lowest_ratio, row.highest_ratio);
     } else {
       std::printf(" %12s %8s %13s\n", "-", "-", "-");
     }
+  }
+  if (cuda && rows.front().memory) {
+    std::printf("\npeak GiB: the most GPU memory held by tensors during one measurement "
+                "(torch.cuda.max_memory_allocated); rsvd GiB: the most the caching allocator reserved.\n");
+  } else if (cuda) {
+    std::printf("\npeak GPU memory: not available (LibTorch without CUDA targets at build time)\n");
   }
   return 0;
 }

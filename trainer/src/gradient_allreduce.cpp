@@ -4,11 +4,35 @@
 #include <string>
 
 #ifdef MOESWEEP_WITH_NCCL
+#ifdef MOESWEEP_NO_MPI
+#error "the NCCL path bootstraps over MPI: MOESWEEP_WITH_NCCL needs a build with MPI"
+#endif
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 #endif
 
 namespace moesweep::trainer {
+
+#ifdef MOESWEEP_NO_MPI
+
+// Built without MPI (the benchmark-only build, -DMOESWEEP_BENCH_ONLY=ON): <mpi.h> is the single-rank
+// stand-in in bench/single_rank/, whose only communicator is MPI_COMM_NULL, so every run is one rank
+// and the sums are identities.
+GradientAllReduce::GradientAllReduce(MPI_Comm communicator) : communicator_(communicator) {
+  if (communicator_ != MPI_COMM_NULL)
+    throw std::logic_error("this build has no MPI (MOESWEEP_NO_MPI): only single-rank training");
+}
+
+GradientAllReduce::~GradientAllReduce() = default;
+
+void GradientAllReduce::sum(torch::Tensor& buffer) {}
+
+double GradientAllReduce::sum(double value) { return value; }
+
+void GradientAllReduce::barrier() {}
+
+#else
+
 namespace {
 
 void check_mpi(int rc, const char* what) {
@@ -82,5 +106,7 @@ double GradientAllReduce::sum(double value) {
 void GradientAllReduce::barrier() {
   if (size_ > 1) check_mpi(MPI_Barrier(communicator_), "Barrier");
 }
+
+#endif  // MOESWEEP_NO_MPI
 
 }  // namespace moesweep::trainer

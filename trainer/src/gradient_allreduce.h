@@ -1,7 +1,8 @@
 #pragma once
 // Summing gradients over the ranks of a data-parallel group (internal to the trainer): MPI for CPU
 // tensors; NCCL for CUDA tensors when built with MOESWEEP_WITH_NCCL (its communicator is bootstrapped
-// by broadcasting the NCCL id over the MPI communicator).
+// by broadcasting the NCCL id over the MPI communicator). A build without MPI (MOESWEEP_NO_MPI, the
+// benchmark-only build) takes <mpi.h> from bench/single_rank/ and has one rank only.
 #include <mpi.h>
 #include <torch/torch.h>
 
