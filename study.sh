@@ -82,18 +82,22 @@ from collections import defaultdict
 db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
 rows = db.execute("""select r.n_act, r.tokens, r.experts, r.final_loss from runs r
                      join sweep_runs s on s.run_id = r.id join sweeps w on w.id = s.sweep_id
-                     where w.name = ? and r.state = 'done'""", (sys.argv[2],)).fetchall()
+                     where w.name = ? and r.state = 'done' and r.kind != 'trunk'""",
+                  (sys.argv[2],)).fetchall()
 loss = defaultdict(dict)
 for n, d, e, l in rows:
     loss[(n, d)][e] = l
-print("MoE against dense at equal N_act and D (measured):")
+largest = max((d for _, d in loss), default=None)
+print("MoE against dense at equal N_act and D (measured; cooldown trunks left out):")
 for e in sorted({e for by_e in loss.values() for e in by_e} - {1}):
-    pairs = [(by_e[e], by_e[1]) for by_e in loss.values() if e in by_e and 1 in by_e]
-    if not pairs:
-        continue
-    wins = sum(m < d for m, d in pairs)
-    mean = sum(m - d for m, d in pairs) / len(pairs)
-    print(f"  E={e}: lower loss in {wins}/{len(pairs)} (N_act, D) points, mean difference {mean:+.4f} nats")
+    for label, keep in (("all budgets", lambda d: True), (f"D = {largest:,}", lambda d: d == largest)):
+        pairs = [(by_e[e], by_e[1]) for (n, d), by_e in loss.items() if keep(d) and e in by_e and 1 in by_e]
+        if not pairs:
+            continue
+        wins = sum(m < d for m, d in pairs)
+        mean = sum(m - d for m, d in pairs) / len(pairs)
+        print(f"  E={e}, {label}: lower loss in {wins}/{len(pairs)} (N_act, D) points, "
+              f"mean difference {mean:+.4f} nats")
 EOF
 
 step "4/4 plan from the fitted law (${PLAN_FLOPS:-1e12} FLOPs, ${PLAN_MEMORY:-1MB})"

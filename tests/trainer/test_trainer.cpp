@@ -1,6 +1,7 @@
 // The model, the schedule and the training loop: parameter counts, capacity dropping, learning-rate
 // shape, training, bit-identical resume, torn and foreign checkpoints, divergence, bad shards.
 #include <gtest/gtest.h>
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -195,6 +196,21 @@ TEST_F(Training, CheckpointOfTheOlderRecipeIsRefusedForResume) {
     EXPECT_THAT(e.what(), HasSubstr("older training recipe"));
     EXPECT_THAT(e.what(), HasSubstr("ckpt-000000000005.pt"));
   }
+}
+
+TEST_F(Training, TheBlasPoolFollowsTheTrainersThreadCount) {
+  // OpenBLAS (setup.sh installs it as libblas.so.3) keeps its own pool, sized from
+  // OPENBLAS_NUM_THREADS or the cores; the trainer must size it to its intra-op threads. With 2 BLAS
+  // threads per worker, K workers on K cores ran up to 18× slower here.
+  auto* get = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  auto* set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (get == nullptr || set == nullptr) GTEST_SKIP() << "LibTorch's BLAS here is not OpenBLAS";
+  set(2);
+  auto c = config();
+  c.train.tokens = 2 * c.train.batch_tokens;
+  RecordingObserver observer;
+  ASSERT_EQ(train(c, options(), observer).outcome, Outcome::completed);  // options(): threads = 1
+  EXPECT_EQ(get(), 1);
 }
 
 TEST_F(Training, HugeLearningRateDivergesAsAnOutcome) {
