@@ -102,8 +102,11 @@ EOF
 
 step "4/4 plan from the fitted law (${PLAN_FLOPS:-1e12} FLOPs, ${PLAN_MEMORY:-1MB})"
 vocab=$("$moesweep" expand "$sweep" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["runs"][0]["vocab_size"])')
+# The planner extrapolates the fitted law; a law with no optimum in its search range is an answer too,
+# not a failure of the study.
 "$moesweep" plan --coefficients "$report/fit.toml" --flops "${PLAN_FLOPS:-1e12}" --memory "${PLAN_MEMORY:-1MB}" \
-  --vocab "$vocab"
+  --vocab "$vocab" ||
+  echo "study.sh: the planner has no answer from this fitted law (its line above says why); the sweep and the fit stand"
 
 step "done in $((SECONDS - started)) s"
 echo "database: $db   (sqlite3 $db 'select * from sweep_summary')"

@@ -123,10 +123,23 @@ void run_plan(const PlanOptions& opt) {
   if (2.0 * opt.inference_tokens * analysis::kSmallestModel >= opt.flops)
     throw InputError::at("--inference-tokens", 0, "",
                          "serving these tokens would spend the whole --flops budget");
-  std::vector<analysis::Optimum> compute = analysis::compute_optimal(k, budget);
-  if (k.form == analysis::LawForm::dense) compute.resize(1);  // a dense fit says nothing about E > 1
+  // A law without a compute optimum (a fitted exponent of the wrong sign, often from a small study) may
+  // still answer the memory question: print what it answers, say why the rest is missing, exit 1.
+  std::vector<analysis::Optimum> compute;
+  std::string no_compute_optimum;
+  try {
+    compute = analysis::compute_optimal(k, budget);
+  } catch (const std::runtime_error& e) {
+    no_compute_optimum = e.what();
+  }
+  if (k.form == analysis::LawForm::dense && !compute.empty()) compute.resize(1);  // says nothing about E > 1
   std::optional<analysis::MemoryOptimum> memory;
   if (budget.memory_bytes > 0) memory = analysis::memory_optimal(k, budget);
+  const auto finish = [&] {
+    if (no_compute_optimum.empty()) return;
+    std::cerr << "moesweep: error: " << no_compute_optimum << "\n";
+    throw ExitStatus{1};
+  };
 
   if (opt.json) {
     nlohmann::json out{{"coefficients", opt.coefficients},
@@ -135,6 +148,7 @@ void run_plan(const PlanOptions& opt) {
                        {"kv_tokens", opt.kv_tokens},
                        {"vocabulary", opt.vocabulary}};
     out["compute_optimal"] = nlohmann::json::array();
+    if (!no_compute_optimum.empty()) out["compute_optimal_error"] = no_compute_optimum;
     for (const auto& o : compute)
       out["compute_optimal"].push_back(
           {{"experts", o.experts}, {"n_act", o.n_act}, {"tokens", o.tokens}, {"loss", o.loss}});
@@ -143,14 +157,15 @@ void run_plan(const PlanOptions& opt) {
       out["memory_optimal"] = memory_json(memory);
     }
     std::cout << out.dump(2) << "\n";
-    return;
+    return finish();
   }
   std::printf("Compute-optimal at %.3g FLOPs%s (%s coefficients):\n", opt.flops,
               opt.inference_tokens > 0
                   ? (" including " + human_count(opt.inference_tokens) + " inference tokens").c_str()
                   : "",
               opt.coefficients.c_str());
-  std::printf("  %4s  %10s  %10s  %8s\n", "E", "N_act", "D", "loss");
+  if (!no_compute_optimum.empty()) std::printf("  none (below)\n");
+  else std::printf("  %4s  %10s  %10s  %8s\n", "E", "N_act", "D", "loss");
   for (const auto& o : compute)
     std::printf("  %4d  %10s  %10s  %8.4f\n", o.experts, human_count(o.n_act).c_str(),
                 human_count(o.tokens).c_str(), o.loss);
@@ -160,6 +175,7 @@ void run_plan(const PlanOptions& opt) {
         "Memory-optimal within %s (shapes n_layers = d_model/64, V = %.0f; KV cache %s tokens, 2 bytes per "
         "element):\n  %s\n",
         opt.memory.c_str(), opt.vocabulary, human_count(opt.kv_tokens).c_str(), memory_text(memory).c_str());
+  finish();
 }
 
 }  // namespace

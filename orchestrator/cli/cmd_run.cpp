@@ -73,7 +73,7 @@ void add_run(CLI::App& app) {
                 "Keep a cooldown trunk's branch-point checkpoints after it and all its branches are done "
                 "(by default they are deleted then)");
   cmd->add_option("--device", opt->device, "torch: cpu or cuda")->capture_default_str();
-  cmd->add_option("--threads", opt->threads, "torch: intra-op threads per rank (1 = deterministic)")
+  cmd->add_option("--threads", opt->threads, "torch: intra-op threads per rank, the BLAS pool's too (the same count gives the same bits)")
       ->check(kPositive)
       ->capture_default_str();
   cmd->callback([opt, deadline] {

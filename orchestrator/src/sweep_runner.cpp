@@ -168,7 +168,7 @@ class Coordinator {
     for (auto it = queue_.begin(); it != queue_.end(); ++it) {
       const std::size_t i = *it;
       const int ranks = gang_[i];
-      if (ranks == 0) {
+      if (ranks == 0 || !trainer::data_parallel_problem(sweep_.runs[i].config, ranks).empty()) {
         fail_unschedulable(i);
         queue_.erase(it);
         return next(idle, first_rank);
@@ -399,14 +399,20 @@ class Coordinator {
     return unix_now() + seconds < *deadline_;
   }
 
+  // A run no gang can train: its replicated state alone exceeds rank_memory, or the gang its memory
+  // needs is more ranks than its smallest batch has routing groups.
   void fail_unschedulable(std::size_t i) {
     const ExpandedRun& run = sweep_.runs[i];
     const auto attempt = store_.start_attempt(run.run_key, 0, 0, host_name());
     const auto m = estimate_memory(run);
-    store_.finish_attempt(attempt, {"failed", "unschedulable", std::nullopt, std::nullopt,
-                                    "needs " + std::to_string(static_cast<long long>(m.replicated_bytes / 1e9)) +
-                                        " GB of parameters and optimizer state per rank; [resources] rank_memory is " +
-                                        std::to_string(sweep_.resources.rank_memory_bytes / 1000000000) + " GB"});
+    const std::string why =
+        gang_[i] == 0 ? "needs " + std::to_string(static_cast<long long>(m.replicated_bytes / 1e9)) +
+                            " GB of parameters and optimizer state per rank; [resources] rank_memory is " +
+                            std::to_string(sweep_.resources.rank_memory_bytes / 1000000000) + " GB"
+                      : "[resources] rank_memory needs a gang of " + std::to_string(gang_[i]) + " ranks, but " +
+                            trainer::data_parallel_problem(run.config, gang_[i]);
+    log(run, "cannot be scheduled: " + why);
+    store_.finish_attempt(attempt, {"failed", "unschedulable", std::nullopt, std::nullopt, why});
     state_[i] = "failed";
     ++left_failed_;
   }

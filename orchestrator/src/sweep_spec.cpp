@@ -329,6 +329,9 @@ void finish_point(const std::string& file, Point& p) {
     throw InputError::at(
         file, p.line("batch_tokens"), "batch_tokens",
         std::to_string(t.batch_tokens) + " is not a multiple of seq_len " + std::to_string(m.seq_len));
+  if (const auto problem = trainer::routing_group_problem(c); !problem.empty())
+    throw InputError::at(file, p.line("routing_group") ? p.line("routing_group") : p.line("batch_tokens"),
+                         "routing_group", problem);
   if (t.tokens < t.batch_tokens)
     throw InputError::at(file, p.line("tokens"), "tokens",
                          std::to_string(t.tokens) + " is less than one batch (batch_tokens " +

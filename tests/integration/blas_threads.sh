@@ -19,11 +19,11 @@ n_heads = 2
 experts = 8
 seq_len = 128
 [train]
-tokens = 32768
+tokens = 16384
 batch_tokens = 2048
 lr = 3e-3
 warmup_tokens = 4096
-eval_tokens = 16384
+eval_tokens = 8192
 checkpoint_every_tokens = 1_000_000
 TOML
 eval_loss() {  # THREADS [OPENBLAS_NUM_THREADS]: the run's eval loss, all 17 digits

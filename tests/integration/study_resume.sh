@@ -31,7 +31,7 @@ for key in $done_before; do
   expect_eq "attempts of $key (done before the kill)" "$(q "$db" "select attempts from runs where run_key='$key'")" 1
 done
 grep -q "held out" second.log || fail "no held-out figures in the output"
-grep -q "^  E=4: lower loss in [0-9]*/8 " second.log || fail "no MoE-against-dense comparison in the output"
+grep -q "^  E=4, all budgets: lower loss in [0-9]*/8 " second.log || fail "no MoE-against-dense comparison in the output"
 grep -q "Memory-optimal within 1MB (shapes n_layers = d_model/64, V = 256" second.log ||
   fail "the planner did not plan in the study's byte-level shape family"
 [ -s runs/mini/report/report.md ] && [ -s runs/mini/report/predicted_vs_observed.png ] || fail "no report"

@@ -44,10 +44,6 @@ std::int64_t expert_capacity(const ModelConfig& config, double capacity_factor, 
   return std::min(rounded, group_tokens);
 }
 
-std::int64_t routing_group_size(const ModelConfig& config, std::int64_t sequences) {
-  return std::max<std::int64_t>(1, std::min(config.routing_group, sequences));
-}
-
 MoeTransformerImpl::MoeTransformerImpl(const ModelConfig& config, torch::Dtype compute_dtype)
     : config_(config), compute_dtype_(compute_dtype) {
   const auto d = config.d_model, V = config.vocab_size, E = config.experts, hidden = 3 * config.d_model;

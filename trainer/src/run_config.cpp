@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
+#include <vector>
 
 namespace moesweep::trainer {
 
@@ -76,6 +78,63 @@ std::int64_t batch_sequences_at(const RunConfig& config, std::int64_t tokens_don
   if (tokens_done < kRampHalf) return std::max<std::int64_t>(1, full / 4);
   if (tokens_done < kRampFull) return std::max<std::int64_t>(1, full / 2);
   return full;
+}
+
+namespace {
+
+// The distinct batch sizes of a run, in sequences: the ramp's three, or the one batch.
+std::vector<std::int64_t> batch_sizes(const RunConfig& config) {
+  std::vector<std::int64_t> sizes;
+  for (const std::int64_t tokens : {std::int64_t{0}, kRampHalf, kRampFull}) {
+    const auto sequences = batch_sequences_at(config, tokens);
+    if (std::find(sizes.begin(), sizes.end(), sequences) == sizes.end()) sizes.push_back(sequences);
+  }
+  return sizes;
+}
+
+}  // namespace
+
+std::int64_t routing_group_size(const ModelConfig& model, std::int64_t sequences) {
+  return std::max<std::int64_t>(1, std::min(model.routing_group, sequences));
+}
+
+std::int64_t eval_routing_group(const RunConfig& config) {
+  return routing_group_size(config.model, batch_sequences_at(config, config.train.tokens));
+}
+
+std::string routing_group_problem(const RunConfig& config) {
+  for (const auto sequences : batch_sizes(config)) {
+    const auto group = routing_group_size(config.model, sequences);
+    if (sequences % group != 0)
+      return "a batch of " + std::to_string(sequences) + " sequences is not a whole number of " +
+             std::to_string(group) + "-sequence routing groups";
+  }
+  return "";
+}
+
+std::int64_t max_data_parallel_ranks(const RunConfig& config) {
+  std::int64_t ranks = std::numeric_limits<std::int64_t>::max();
+  for (const auto sequences : batch_sizes(config))
+    ranks = std::min(ranks, sequences / routing_group_size(config.model, sequences));
+  return ranks;
+}
+
+std::string data_parallel_problem(const RunConfig& config, std::int64_t ranks) {
+  if (max_data_parallel_ranks(config) >= ranks) return "";
+  const auto sizes = batch_sizes(config);
+  const auto smallest = *std::min_element(sizes.begin(), sizes.end());
+  std::string why = "the smallest batch, " + std::to_string(smallest) + " sequences, makes " +
+                    std::to_string(max_data_parallel_ranks(config)) + " routing group(s) of " +
+                    std::to_string(routing_group_size(config.model, smallest)) + ", fewer than the " +
+                    std::to_string(ranks) + " data-parallel ranks (each takes whole groups); ";
+  // The largest group that divides every batch and leaves each rank a group.
+  for (auto group = smallest / ranks; group >= 1; --group) {
+    RunConfig smaller = config;
+    smaller.model.routing_group = group;
+    if (routing_group_problem(smaller).empty()) return why + "set model.routing_group to at most " + std::to_string(group);
+  }
+  return why + "a batch of " + std::to_string(smallest) + " sequences cannot be split over " + std::to_string(ranks) +
+         " ranks";
 }
 
 StepBoundary step_boundary_at_or_before(const RunConfig& config, std::int64_t tokens) {

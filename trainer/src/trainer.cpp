@@ -121,14 +121,8 @@ class Trainer {
     model_->to(device_);
     optimizer_ = make_optimizer(*model_, config.train);
     // Ranks take whole routing groups, so the smallest batch must hold a group for every rank.
-    const auto smallest_batch = batch_sequences_at(config, 0);
-    const auto group = routing_group_size(config.model, smallest_batch);
-    require(smallest_batch / group >= reduce_.size(), "model.routing_group",
-            "the batch of " + std::to_string(smallest_batch) + " sequences makes " +
-                std::to_string(smallest_batch / group) + " routing group(s) of " + std::to_string(group) +
-                ", fewer than the " + std::to_string(reduce_.size()) +
-                " data-parallel ranks; set model.routing_group to at most " +
-                std::to_string(smallest_batch / reduce_.size()));
+    const auto ranks_problem = data_parallel_problem(config, reduce_.size());
+    require(ranks_problem.empty(), "model.routing_group", ranks_problem);
     const auto last = step_boundary_at_or_after(config, config.train.tokens).tokens;
     for (const auto tokens : options.keep_checkpoints_at_tokens) {
       require(!options.keep_dir.empty(), "keep_dir", "kept checkpoints need a directory");
@@ -278,13 +272,13 @@ class Trainer {
   }
 
   // Mean cross-entropy over the first eval_tokens of val (contiguous windows), with the eval capacity
-  // factor, one forward call per routing group (the authors' eval ran chunks of 64 sequences; the last
-  // group may be shorter). Ranks split the groups; the groups and the summation order are fixed, so the
+  // factor, one forward call per routing group of the training's last batch (eval_routing_group; the
+  // authors' eval ran chunks of 64 sequences), the last group possibly shorter. Ranks split the groups; the groups and the summation order are fixed, so the
   // figure is reproducible to the bit on CPU for a given rank count.
   double evaluate() {
     torch::NoGradGuard no_grad;
     const auto T = config_.model.seq_len;
-    const auto group = routing_group_size(config_.model, eval_sequences_);
+    const auto group = eval_routing_group(config_);
     const auto groups = (eval_sequences_ + group - 1) / group;
     const auto [first_group, end_group] = slice_of(groups, reduce_.rank(), reduce_.size());
     double loss_sum = 0.0;
@@ -384,15 +378,8 @@ void validate(const RunConfig& c) {
   require(t.tokens > 0, "train.tokens", "must be positive");
   require(t.batch_tokens > 0 && t.batch_tokens % m.seq_len == 0, "train.batch_tokens",
           "must be a positive multiple of seq_len (" + std::to_string(m.seq_len) + ")");
-  // Every batch of the run must be whole routing groups: the batch ramp's three sizes (run_config.h), or
-  // the one batch.
-  for (const std::int64_t tokens : {0LL, 500'000'000LL, 1'000'000'000LL}) {
-    const auto sequences = batch_sequences_at(c, tokens);
-    const auto group = routing_group_size(m, sequences);
-    require(sequences % group == 0, "model.routing_group",
-            "a batch of " + std::to_string(sequences) + " sequences is not a whole number of " +
-                std::to_string(group) + "-sequence routing groups");
-  }
+  const auto groups = routing_group_problem(c);
+  require(groups.empty(), "model.routing_group", groups);
   require(std::isfinite(t.lr) && t.lr > 0, "train.lr", "must be a positive number");
   require(t.warmup_tokens >= 0, "train.warmup_tokens", "must not be negative");
   require(t.decay_fraction >= 0 && t.decay_fraction <= 1, "train.decay_fraction", "must be in [0, 1]");

@@ -46,9 +46,6 @@ Routing route_top1(const torch::Tensor& expert, std::int64_t experts, std::int64
 // E), group_tokens), by config.capacity_rounding.
 std::int64_t expert_capacity(const ModelConfig& config, double capacity_factor, std::int64_t group_tokens);
 
-// Sequences per routing group for a forward call on `sequences` sequences: min(routing_group, sequences).
-std::int64_t routing_group_size(const ModelConfig& config, std::int64_t sequences);
-
 class MoeTransformerImpl : public torch::nn::Module {
  public:
   explicit MoeTransformerImpl(const ModelConfig& config, torch::Dtype compute_dtype = torch::kFloat);

@@ -98,6 +98,27 @@ double decay_factor_at(const TrainConfig& train, std::int64_t tokens_done);
 // ramp (a quarter of it until 0.5B tokens, half until 1B tokens, then all of it).
 std::int64_t batch_sequences_at(const RunConfig& config, std::int64_t tokens_done);
 
+// --- Routing groups (model.routing_group): plain arithmetic, shared by the trainer and the scheduler. ---
+
+// Sequences per routing group for a forward call on `sequences` sequences: min(routing_group, sequences).
+std::int64_t routing_group_size(const ModelConfig& model, std::int64_t sequences);
+
+// The routing group of the run's last batch. Eval routes in groups of this size too, so training and
+// eval route alike (at paper scale, the authors' 64 sequences; for a small batch, the whole batch).
+std::int64_t eval_routing_group(const RunConfig& config);
+
+// Empty when every batch of the run (the ramp's too) is a whole number of routing groups; otherwise
+// the reason, for an InputError on model.routing_group.
+std::string routing_group_problem(const RunConfig& config);
+
+// The most data-parallel ranks the run can train on: ranks take whole routing groups, so the routing
+// groups in its smallest batch.
+std::int64_t max_data_parallel_ranks(const RunConfig& config);
+
+// Empty when the run can train on `ranks` data-parallel ranks; otherwise why not, with the largest
+// model.routing_group that would do.
+std::string data_parallel_problem(const RunConfig& config, std::int64_t ranks);
+
 // A step boundary: the position after `step` optimizer steps, `tokens` training tokens in.
 struct StepBoundary {
   std::int64_t step = 0;
