@@ -40,6 +40,18 @@ def bench(shape, steps, warmup):
     return steps * batch * seq_len / (time.perf_counter() - start)
 
 
+def set_blas_threads(threads):
+    """Size OpenBLAS's own pool like the native trainer does (trainer/src/blas_threads.cpp), so both
+    sides run the same number of threads. LibTorch calls whatever libblas.so.3 is; a BLAS without
+    openblas_set_num_threads is left alone."""
+    import ctypes
+    try:
+        blas = ctypes.CDLL("libblas.so.3")
+        blas.openblas_set_num_threads(ctypes.c_int(threads))
+    except (OSError, AttributeError):
+        pass
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, required=True)
@@ -48,6 +60,7 @@ def main():
     parser.add_argument("shapes", nargs="+")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    set_blas_threads(args.threads)
     for text in args.shapes:
         shape = [int(v) for v in text.split(",")]
         print(json.dumps({"shape": text, "tokens_per_s": bench(shape, args.steps, args.warmup)}), flush=True)
