@@ -273,8 +273,9 @@ class Trainer {
 
   // Mean cross-entropy over the first eval_tokens of val (contiguous windows), with the eval capacity
   // factor, one forward call per routing group of the training's last batch (eval_routing_group; the
-  // authors' eval ran chunks of 64 sequences), the last group possibly shorter. Ranks split the groups; the groups and the summation order are fixed, so the
-  // figure is reproducible to the bit on CPU for a given rank count.
+  // authors' eval ran chunks of 64 sequences), the last group possibly shorter. Ranks split the groups;
+  // the groups and the summation order are fixed, so the figure is reproducible to the bit on CPU for a
+  // given rank count.
   double evaluate() {
     torch::NoGradGuard no_grad;
     const auto T = config_.model.seq_len;
