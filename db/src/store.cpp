@@ -432,6 +432,9 @@ std::int64_t Store::register_sweep(const std::string& name, const std::string& s
   sweep_id.bind(1, name);
   sweep_id.step();
   const std::int64_t sid = sweep_id.i64(0);
+  // The sweep is what its file expands to now: runs of an earlier version of the file (another grid,
+  // another recipe) leave it, keeping their rows and results, so a fit of the sweep never mixes them in.
+  Statement(db_, "DELETE FROM sweep_runs WHERE sweep_id = ?").bind(1, sid).run();
 
   Statement insert(
       db_,

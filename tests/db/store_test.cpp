@@ -3,6 +3,8 @@
 #include "moesweep/db/store.h"
 
 #include <gtest/gtest.h>
+
+#include <algorithm>
 #include <sqlite3.h>
 
 #include <filesystem>
@@ -66,6 +68,19 @@ TEST_F(StoreTest, ARunSharedByTwoSweepsIsOneRowInBoth) {
   EXPECT_EQ(store.status("first").size(), 2u);
   EXPECT_EQ(store.status("second").size(), 2u);
   EXPECT_EQ(store.status().size(), 3u);
+}
+
+TEST_F(StoreTest, ASweepIsWhatItsFileExpandsToNow) {
+  // A sweep file changed (another grid, another training recipe: new run keys) and registered again:
+  // the sweep's status, summary and fit see the new runs only; the old ones keep their rows.
+  Store store = Store::open(db_path());
+  store.register_sweep("s", "s.toml", {run("old", 1000, 10000), run("both", 2000, 10000)});
+  EXPECT_EQ(store.register_sweep("s", "s.toml", {run("both", 2000, 10000), run("new", 3000, 10000)}), 1);
+  std::vector<std::string> keys;
+  for (const auto& row : store.status("s")) keys.push_back(row.run_key);
+  std::sort(keys.begin(), keys.end());
+  EXPECT_EQ(keys, (std::vector<std::string>{"both", "new"}));
+  EXPECT_EQ(store.query("SELECT COUNT(*) FROM runs")[0][0], "3");
 }
 
 TEST_F(StoreTest, WalModeAndSchemaVersion) {

@@ -129,7 +129,9 @@ class Store {
   const std::string& path() const { return path_; }
 
   // Registers a sweep and its runs in one transaction. Idempotent: runs are inserted-or-ignored by
-  // run_key and linked to the sweep; a run shared with another sweep is the same row.
+  // run_key and linked to the sweep; a run shared with another sweep is the same row. The sweep's links
+  // become exactly `runs`: runs registered by an earlier version of its file that are not among them
+  // leave the sweep (their rows and results stay in the database).
   // Returns the number of runs that were new.
   std::int64_t register_sweep(const std::string& name, const std::string& spec_path,
                               const std::vector<RunSpec>& runs);
