@@ -6,7 +6,9 @@
 # the sweep: every run done once, with the losses of an uninterrupted sweep.
 source "$(dirname "$0")/lib.sh"
 prepare_brown
-torch_sweep worker "[1, 4]" "[16384, 40960]" 4096 > sweep.toml
+# 160 steps for the longer budget: with the BLAS pool at one thread a step of this model takes about
+# 10 ms, and a 40-step run could finish between two of the store's heartbeat flushes, before the kill.
+torch_sweep worker "[1, 4]" "[16384, 163840]" 8192 > sweep.toml
 RUNS=4
 job() {
   JOB=("${MPIRUN[@]}" -np 3 "$MOESWEEP" run sweep.toml --db "$SCRATCH/$1/sweep.db" --workdir "$SCRATCH/$1/runs"
