@@ -147,9 +147,20 @@ class Coordinator {
     std::stable_sort(queue_.begin(), queue_.end(),
                      [&](std::size_t a, std::size_t b) { return before(a, b); });
     for (std::size_t i = 0; i < sweep_.runs.size(); ++i) {  // every run: a done trunk may be reopened
-      const int ranks = gang_size(estimate_memory(sweep_.runs[i]),
-                                  static_cast<double>(sweep_.resources.rank_memory_bytes), workers);
+      const ExpandedRun& run = sweep_.runs[i];
+      const auto memory = estimate_memory(run);
+      const int ranks = gang_size(memory, static_cast<double>(sweep_.resources.rank_memory_bytes), workers);
       gang_[i] = ranks;
+      // A run no gang can train: its replicated state alone exceeds rank_memory, or the gang its memory
+      // needs is more ranks than its smallest batch has routing groups (ranks take whole groups).
+      if (ranks == 0) {
+        unschedulable_[i] = "needs " + std::to_string(static_cast<long long>(memory.replicated_bytes / 1e9)) +
+                            " GB of parameters and optimizer state per rank; [resources] rank_memory is " +
+                            std::to_string(sweep_.resources.rank_memory_bytes / 1000000000) + " GB";
+      } else if (const auto problem = trainer::data_parallel_problem(run.config, ranks); !problem.empty()) {
+        unschedulable_[i] =
+            "[resources] rank_memory needs a gang of " + std::to_string(ranks) + " ranks, but " + problem;
+      }
     }
     for (const auto& [key, t] : trunk_index_) delete_branch_points_once_family_done(t);  // an earlier job's
     if (const char* end = std::getenv("SLURM_JOB_END_TIME"); end && !options_.deadline) deadline_ = std::atof(end);
@@ -168,7 +179,7 @@ class Coordinator {
     for (auto it = queue_.begin(); it != queue_.end(); ++it) {
       const std::size_t i = *it;
       const int ranks = gang_[i];
-      if (ranks == 0 || !trainer::data_parallel_problem(sweep_.runs[i].config, ranks).empty()) {
+      if (unschedulable_.count(i)) {
         fail_unschedulable(i);
         queue_.erase(it);
         return next(idle, first_rank);
@@ -399,18 +410,10 @@ class Coordinator {
     return unix_now() + seconds < *deadline_;
   }
 
-  // A run no gang can train: its replicated state alone exceeds rank_memory, or the gang its memory
-  // needs is more ranks than its smallest batch has routing groups.
   void fail_unschedulable(std::size_t i) {
     const ExpandedRun& run = sweep_.runs[i];
     const auto attempt = store_.start_attempt(run.run_key, 0, 0, host_name());
-    const auto m = estimate_memory(run);
-    const std::string why =
-        gang_[i] == 0 ? "needs " + std::to_string(static_cast<long long>(m.replicated_bytes / 1e9)) +
-                            " GB of parameters and optimizer state per rank; [resources] rank_memory is " +
-                            std::to_string(sweep_.resources.rank_memory_bytes / 1000000000) + " GB"
-                      : "[resources] rank_memory needs a gang of " + std::to_string(gang_[i]) + " ranks, but " +
-                            trainer::data_parallel_problem(run.config, gang_[i]);
+    const std::string& why = unschedulable_.at(i);
     log(run, "cannot be scheduled: " + why);
     store_.finish_attempt(attempt, {"failed", "unschedulable", std::nullopt, std::nullopt, why});
     state_[i] = "failed";
@@ -430,6 +433,7 @@ class Coordinator {
   db::Store store_;
   std::vector<std::size_t> queue_;
   std::map<std::size_t, int> gang_;
+  std::map<std::size_t, std::string> unschedulable_;  // run index → why no gang can train it
   std::vector<std::string> state_;                  // each run's state as this job knows it
   std::map<std::string, std::size_t> trunk_index_;  // trunk run_key → run index
   std::set<std::size_t> ready_;                     // branches whose trunk checkpoint was seen

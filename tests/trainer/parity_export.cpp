@@ -102,10 +102,11 @@ int main(int argc, char** argv) {
   }
   for (const auto& item : model->named_parameters()) file.add("step3/param/" + item.key(), item.value());
 
-  // Eval as the trainer runs it: one forward call per routing group, the last one shorter.
+  // Eval as the trainer runs it: one forward call per routing group of the last training batch's size
+  // (eval_routing_group), the last one shorter.
   torch::NoGradGuard no_grad;
   const auto eval_batch = torch::randint(0, 48, {eval_sequences, T + 1}, torch::kLong);
-  const auto group = routing_group_size(c.model, eval_sequences);
+  const auto group = eval_routing_group(c);
   std::vector<torch::Tensor> logits;
   double loss_sum = 0.0;
   for (std::int64_t first = 0; first < eval_sequences; first += group) {
