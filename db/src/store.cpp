@@ -16,7 +16,7 @@ namespace {
 // Forward migrations: migration i (1-based) takes the schema from version i−1 to version i. Never edit a
 // migration that has shipped; add a new one. Views are dropped and recreated by the last migration that
 // touches them.
-constexpr std::array<const char*, 4> kMigrations = {
+constexpr std::array<const char*, 5> kMigrations = {
     // v1: the core tables.
     R"sql(
 CREATE TABLE sweeps (
@@ -162,6 +162,35 @@ WHERE b.kind = 'branch';
     R"sql(
 ALTER TABLE runs ADD COLUMN failures_counted_after INTEGER NOT NULL DEFAULT 0;
 )sql",
+    // v5: one owner per sweep. A coordinator holds a lease (host, pid and its start time, Slurm job and
+    // restart count) that it renews; its attempts name it, so a second coordinator requeues only attempts
+    // whose lease has lapsed or was broken. `broken_at` is set by whoever acts on a lapsed lease (or takes
+    // the sweep over), and a lease once broken stays broken: its holder learns at its next renewal that it
+    // lost its sweep. Submissions record what sbatch answered, an unknown outcome (a timeout) included.
+    R"sql(
+CREATE TABLE leases (
+  id            INTEGER PRIMARY KEY,
+  host          TEXT NOT NULL,
+  pid           INTEGER NOT NULL,
+  pid_start     INTEGER NOT NULL DEFAULT 0,
+  slurm_job_id  TEXT NOT NULL DEFAULT '',
+  slurm_restart INTEGER NOT NULL DEFAULT 0,
+  acquired_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+  expires_at    REAL NOT NULL,
+  broken_at     TEXT,
+  broken_why    TEXT
+);
+ALTER TABLE sweeps ADD COLUMN lease_id INTEGER REFERENCES leases(id);
+ALTER TABLE attempts ADD COLUMN lease_id INTEGER REFERENCES leases(id);
+CREATE TABLE submissions (
+  id       INTEGER PRIMARY KEY,
+  sweep_id INTEGER NOT NULL REFERENCES sweeps(id),
+  job_id   TEXT NOT NULL DEFAULT '',
+  outcome  TEXT NOT NULL CHECK (outcome IN ('queued','unknown')),
+  detail   TEXT NOT NULL DEFAULT '',
+  at       TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+)sql",
 };
 
 // "FILE: what SQLite said", so a failing write ("database or disk is full") names the database.
@@ -203,6 +232,7 @@ class Statement {
     return v ? bind(i, *v) : check(sqlite3_bind_null(stmt_, i));
   }
   Statement& bind_null(int i) { return check(sqlite3_bind_null(stmt_, i)); }
+  Statement& bind_if(int i, const std::optional<std::int64_t>& v) { return v ? bind(i, *v) : *this; }
 
   // true while a row is available
   bool step() {
@@ -531,7 +561,7 @@ void Store::record_heartbeats(const std::vector<Heartbeat>& beats) {
       "SELECT run_id, id, ?, ?, ?, ?, ?, ? FROM attempts WHERE id = ?");
   Statement live(db_, (std::string("UPDATE runs SET step=?, tokens_done=?, last_loss=?, tokens_per_s=?, "
                                    "updated_at=") +
-                       kNow + " WHERE id = (SELECT run_id FROM attempts WHERE id = ?) AND state = 'running'")
+                       kNow + " WHERE id = (SELECT run_id FROM attempts WHERE id = ?5 AND ended_at IS NULL) AND state = 'running'")
                           .c_str());
   for (const Heartbeat& b : beats) {
     metric.reset();
@@ -551,7 +581,7 @@ void Store::record_heartbeats(const std::vector<Heartbeat>& beats) {
   t.commit();
 }
 
-void Store::finish_attempt(std::int64_t attempt_id, const AttemptEnd& end) {
+bool Store::finish_attempt(std::int64_t attempt_id, const AttemptEnd& end) {
   static constexpr const char* kEndStates[] = {"done", "failed", "diverged", "preempted", "pending"};
   bool valid = false;
   for (const char* s : kEndStates) valid = valid || end.state == s;
@@ -565,8 +595,13 @@ void Store::finish_attempt(std::int64_t attempt_id, const AttemptEnd& end) {
       .bind(2, end.resumed_from_step)
       .bind(3, attempt_id)
       .run();
-  if (sqlite3_changes(db_) != 1)
-    throw std::runtime_error("attempt " + std::to_string(attempt_id) + " is unknown or already finished");
+  if (sqlite3_changes(db_) != 1) {
+    Statement known(db_, "SELECT COUNT(*) FROM attempts WHERE id = ?");
+    known.bind(1, attempt_id);
+    if (known.step() && known.i64(0) == 0)
+      throw std::runtime_error("attempt " + std::to_string(attempt_id) + " is unknown");
+    return false;  // closed already (fenced or requeued): the transaction rolls back, nothing written
+  }
   Statement update(db_, (std::string("UPDATE runs SET state=?, final_loss=COALESCE(?, final_loss), "
                                      "final_train_loss=COALESCE(?, final_train_loss), error=?, "
                                      "tokens_done = CASE WHEN ?='done' THEN tokens ELSE tokens_done END, "
@@ -581,20 +616,205 @@ void Store::finish_attempt(std::int64_t attempt_id, const AttemptEnd& end) {
   update.bind(5, end.state).bind(6, attempt_id);
   update.run();
   t.commit();
+  return true;
 }
 
-std::int64_t Store::requeue_interrupted(const std::string& reason) {
+namespace {
+
+// An open attempt whose lease is not valid at ?1 (lapsed, broken, or none at all).
+constexpr const char* kLapsedAttempt =
+    "ended_at IS NULL AND (lease_id IS NULL OR lease_id IN "
+    "(SELECT id FROM leases WHERE broken_at IS NOT NULL OR expires_at <= ?1))";
+
+// Closes lapsed attempts (all, or one run's) as lost, puts their runs back to pending and breaks the
+// lapsed leases, inside the caller's transaction. Returns the runs requeued.
+std::int64_t requeue_lapsed_in(sqlite3* db, const std::string& reason, double now,
+                               std::optional<std::int64_t> run_id) {
+  const std::string only = run_id ? " AND run_id = ?3" : "";
+  Statement(db, (std::string("UPDATE runs SET state='pending', tokens_per_s=NULL, updated_at=") + kNow +
+                 " WHERE state='running' AND id IN (SELECT run_id FROM attempts WHERE " + kLapsedAttempt + only +
+                 ")")
+                    .c_str())
+      .bind(1, now)
+      .bind_if(3, run_id)
+      .run();
+  const std::int64_t requeued = sqlite3_changes(db);
+  Statement(db, (std::string("UPDATE leases SET broken_at=") + kNow +
+                 ", broken_why='lapsed' WHERE broken_at IS NULL AND expires_at <= ?1 AND id IN "
+                 "(SELECT lease_id FROM attempts WHERE ended_at IS NULL" + only + ")")
+                    .c_str())
+      .bind(1, now)
+      .bind_if(3, run_id)
+      .run();
+  Statement(db, (std::string("UPDATE attempts SET ended_at=") + kNow + ", exit_reason=?2 WHERE " +
+                 kLapsedAttempt + only)
+                    .c_str())
+      .bind(1, now)
+      .bind(2, reason)
+      .bind_if(3, run_id)
+      .run();
+  return requeued;
+}
+
+Lease lease_row(const Statement& s, int c) {
+  Lease l;
+  l.id = s.i64(c);
+  l.owner.host = s.text(c + 1);
+  l.owner.pid = s.i64(c + 2);
+  l.owner.pid_start = s.i64(c + 3);
+  l.owner.slurm_job_id = s.text(c + 4);
+  l.owner.slurm_restart = s.i64(c + 5);
+  l.acquired_at = s.text(c + 6);
+  l.expires_at = s.f64(c + 7);
+  l.broken = !s.is_null(c + 8);
+  return l;
+}
+
+constexpr const char* kLeaseColumns =
+    "l.id, l.host, l.pid, l.pid_start, l.slurm_job_id, l.slurm_restart, l.acquired_at, l.expires_at, l.broken_at";
+
+std::optional<Lease> sweep_lease_in(sqlite3* db, const std::string& sweep_name) {
+  Statement s(db, (std::string("SELECT ") + kLeaseColumns +
+                   " FROM sweeps w JOIN leases l ON l.id = w.lease_id WHERE w.name = ?")
+                      .c_str());
+  s.bind(1, sweep_name);
+  if (!s.step()) return std::nullopt;
+  return lease_row(s, 0);
+}
+
+}  // namespace
+
+std::int64_t Store::requeue_lapsed(const std::string& reason, double now) {
   Transaction t(db_);
-  Statement(db_, (std::string("UPDATE attempts SET ended_at=") + kNow + ", exit_reason=? WHERE ended_at IS NULL").c_str())
-      .bind(1, reason)
-      .run();
-  Statement(db_, (std::string("UPDATE runs SET state='pending', tokens_per_s=NULL, updated_at=") + kNow +
-                  " WHERE state='running'")
-                     .c_str())
-      .run();
-  const std::int64_t requeued = sqlite3_changes(db_);
+  const std::int64_t requeued = requeue_lapsed_in(db_, reason, now, std::nullopt);
   t.commit();
   return requeued;
+}
+
+void Store::record_submission(const std::string& sweep_name, const Submission& submission) {
+  Transaction t(db_);
+  Statement(db_,
+            "INSERT INTO submissions(sweep_id, job_id, outcome, detail) SELECT id, ?, ?, ? FROM sweeps WHERE name = ?")
+      .bind(1, submission.job_id)
+      .bind(2, submission.outcome)
+      .bind(3, submission.detail)
+      .bind(4, sweep_name)
+      .run();
+  if (sqlite3_changes(db_) != 1) throw InputError(path_ + ": no sweep named '" + sweep_name + "'");
+  if (!submission.job_id.empty())
+    Statement(db_, "UPDATE sweeps SET slurm_job_id = ? WHERE name = ?").bind(1, submission.job_id).bind(2, sweep_name).run();
+  t.commit();
+}
+
+std::vector<Submission> Store::submissions(const std::string& sweep_name) const {
+  Statement s(db_,
+              "SELECT b.id, b.job_id, b.outcome, b.detail, b.at FROM submissions b JOIN sweeps w ON w.id = b.sweep_id "
+              "WHERE w.name = ? ORDER BY b.id");
+  s.bind(1, sweep_name);
+  std::vector<Submission> out;
+  while (s.step()) out.push_back({s.i64(0), s.text(1), s.text(2), s.text(3), s.text(4)});
+  return out;
+}
+
+Store::Acquired Store::acquire_sweep(const std::string& sweep_name, const LeaseOwner& owner, double ttl_s,
+                                     double now, std::optional<std::int64_t> take_over, const std::string& why) {
+  Transaction t(db_);
+  Acquired result;
+  result.previous = sweep_lease_in(db_, sweep_name);
+  if (const auto& held = result.previous;
+      held && !held->broken && held->expires_at > now && (!take_over || *take_over != held->id)) {
+    return result;  // held by a valid lease we may not take: nothing written (rolled back)
+  }
+  if (result.previous && !result.previous->broken)
+    Statement(db_, (std::string("UPDATE leases SET broken_at=") + kNow + ", broken_why=? WHERE id=?").c_str())
+        .bind(1, result.previous->expires_at > now ? why : std::string("lapsed"))
+        .bind(2, result.previous->id)
+        .run();
+  Statement(db_,
+            "INSERT INTO leases(host, pid, pid_start, slurm_job_id, slurm_restart, expires_at) VALUES (?,?,?,?,?,?)")
+      .bind(1, owner.host)
+      .bind(2, owner.pid)
+      .bind(3, owner.pid_start)
+      .bind(4, owner.slurm_job_id)
+      .bind(5, owner.slurm_restart)
+      .bind(6, now + ttl_s)
+      .run();
+  const std::int64_t id = sqlite3_last_insert_rowid(db_);
+  Statement(db_, "UPDATE sweeps SET lease_id = ? WHERE name = ?").bind(1, id).bind(2, sweep_name).run();
+  if (sqlite3_changes(db_) != 1) throw InputError(path_ + ": no sweep named '" + sweep_name + "'");
+  t.commit();
+  result.lease_id = id;
+  return result;
+}
+
+std::optional<Lease> Store::sweep_lease(const std::string& sweep_name) const { return sweep_lease_in(db_, sweep_name); }
+
+std::optional<Lease> Store::lease(std::int64_t lease_id) const {
+  Statement s(db_, (std::string("SELECT ") + kLeaseColumns + " FROM leases l WHERE l.id = ?").c_str());
+  s.bind(1, lease_id);
+  if (!s.step()) return std::nullopt;
+  return lease_row(s, 0);
+}
+
+bool Store::renew_lease(std::int64_t lease_id, double ttl_s, double now) {
+  Transaction t(db_);
+  Statement(db_, "UPDATE leases SET expires_at = MAX(expires_at, ?) WHERE id = ? AND broken_at IS NULL")
+      .bind(1, now + ttl_s)
+      .bind(2, lease_id)
+      .run();
+  const bool held = sqlite3_changes(db_) == 1;
+  t.commit();
+  return held;
+}
+
+void Store::release_lease(std::int64_t lease_id) {
+  Transaction t(db_);
+  Statement(db_, (std::string("UPDATE leases SET broken_at=") + kNow +
+                  ", broken_why='released' WHERE id = ? AND broken_at IS NULL")
+                     .c_str())
+      .bind(1, lease_id)
+      .run();
+  t.commit();
+}
+
+std::optional<std::int64_t> Store::claim_run(const std::string& run_key, int rank, int ranks,
+                                             const std::string& host, std::int64_t lease_id, double now) {
+  Transaction t(db_);
+  Statement run(db_, "SELECT id, state FROM runs WHERE run_key = ?");
+  run.bind(1, run_key);
+  if (!run.step()) throw std::runtime_error("no run with key " + run_key);
+  const std::int64_t run_id = run.i64(0);
+  std::string state = run.text(1);
+  if (state == "running" &&
+      requeue_lapsed_in(db_, "lost: its coordinator's lease lapsed", now, run_id) > 0)
+    state = "pending";
+  if (state != "pending" && state != "preempted") return std::nullopt;  // rolled back
+  Statement(db_, "INSERT INTO attempts(run_id, rank, ranks, host, lease_id) VALUES (?,?,?,?,?)")
+      .bind(1, run_id)
+      .bind(2, rank)
+      .bind(3, ranks)
+      .bind(4, host)
+      .bind(5, lease_id)
+      .run();
+  const std::int64_t attempt_id = sqlite3_last_insert_rowid(db_);
+  Statement(db_, (std::string("UPDATE runs SET state='running', attempts = attempts + 1, error = NULL, "
+                              "tokens_per_s = NULL, updated_at = ") +
+                  kNow + " WHERE id = ?")
+                     .c_str())
+      .bind(1, run_id)
+      .run();
+  t.commit();
+  return attempt_id;
+}
+
+std::vector<std::pair<std::string, std::string>> Store::run_states(const std::string& sweep) const {
+  Statement s(db_,
+              "SELECT r.run_key, r.state FROM runs r JOIN sweep_runs sr ON sr.run_id = r.id JOIN sweeps w ON "
+              "w.id = sr.sweep_id WHERE w.name = ?");
+  s.bind(1, sweep);
+  std::vector<std::pair<std::string, std::string>> out;
+  while (s.step()) out.emplace_back(s.text(0), s.text(1));
+  return out;
 }
 
 std::int64_t Store::reopen_runs(const std::string& sweep, const std::string& from_state) {

@@ -157,8 +157,8 @@ TEST_F(StoreTest, ADoneRunCannotStartAgainAndAnAttemptEndsOnce) {
   const auto attempt = store.start_attempt("a", 1, 1, "node1");
   store.finish_attempt(attempt, AttemptEnd{"done", "completed", 3.0, 3.0, ""});
   EXPECT_THROW(store.start_attempt("a", 1, 1, "node1"), std::runtime_error);
-  EXPECT_THROW(store.finish_attempt(attempt, AttemptEnd{"failed", "again", std::nullopt, std::nullopt, "x"}),
-               std::runtime_error);
+  // A second end (a fenced attempt's late result) writes nothing and says so.
+  EXPECT_FALSE(store.finish_attempt(attempt, AttemptEnd{"failed", "again", std::nullopt, std::nullopt, "x"}));
   EXPECT_EQ(store.query("SELECT state, attempts FROM runs")[0], (std::vector<std::string>{"done", "1"}));
 }
 
@@ -286,3 +286,99 @@ TEST_F(StoreTest, MigratesAVersion2DatabaseToBranchingKeepingItsFigures) {
 }
 
 }  // namespace
+
+// --- Leases (schema v5): one owner per sweep, runs claimed once, only lapsed owners requeued --------------
+
+namespace {
+
+moesweep::db::LeaseOwner owner(const std::string& host, std::int64_t pid) {
+  moesweep::db::LeaseOwner o;
+  o.host = host;
+  o.pid = pid;
+  return o;
+}
+
+}  // namespace
+
+TEST_F(StoreTest, ASweepHasOneLeaseHolderUntilItsLeaseLapses) {
+  Store store = Store::open(db_path());
+  store.register_sweep("s", "s.toml", {run("a", 1000, 10000)});
+  const auto first = store.acquire_sweep("s", owner("n1", 10), 60, 1000.0);
+  ASSERT_TRUE(first.lease_id);
+  // A second coordinator while the first lease holds: nothing taken, the holder named.
+  const auto second = store.acquire_sweep("s", owner("n2", 20), 60, 1030.0);
+  EXPECT_FALSE(second.lease_id);
+  ASSERT_TRUE(second.previous);
+  EXPECT_EQ(second.previous->owner.host, "n1");
+  EXPECT_EQ(second.previous->owner.pid, 10);
+  // Renewed at 1050, it holds until 1110; at 1111 it has lapsed and is taken, and broken for good.
+  EXPECT_TRUE(store.renew_lease(*first.lease_id, 60, 1050.0));
+  EXPECT_FALSE(store.acquire_sweep("s", owner("n2", 20), 60, 1100.0).lease_id);
+  const auto third = store.acquire_sweep("s", owner("n2", 20), 60, 1111.0);
+  ASSERT_TRUE(third.lease_id);
+  EXPECT_FALSE(store.renew_lease(*first.lease_id, 60, 1112.0)) << "a broken lease must not come back";
+  EXPECT_TRUE(store.lease(*first.lease_id)->broken);
+  // Taking over a live lease needs its id (the caller proved its holder dead); a wrong id takes nothing.
+  EXPECT_FALSE(store.acquire_sweep("s", owner("n1", 30), 60, 1120.0, *first.lease_id).lease_id);
+  EXPECT_TRUE(store.acquire_sweep("s", owner("n1", 30), 60, 1120.0, *third.lease_id).lease_id);
+  // A released lease frees the sweep at once.
+  const auto now_held = store.sweep_lease("s");
+  ASSERT_TRUE(now_held);
+  store.release_lease(now_held->id);
+  EXPECT_TRUE(store.acquire_sweep("s", owner("n3", 40), 60, 1121.0).lease_id);
+}
+
+TEST_F(StoreTest, ARunIsClaimedByOneAttemptAndRequeuedOnlyWhenItsOwnersLeaseLapsed) {
+  Store store = Store::open(db_path());
+  store.register_sweep("A", "a.toml", {run("shared", 1000, 10000), run("a", 1000, 20000)});
+  store.register_sweep("B", "b.toml", {run("shared", 1000, 10000), run("b", 1000, 30000)});
+  const auto a = *store.acquire_sweep("A", owner("n1", 1), 60, 1000.0).lease_id;
+  const auto b = *store.acquire_sweep("B", owner("n2", 2), 60, 1000.0).lease_id;
+  const auto attempt = store.claim_run("shared", 1, 1, "n1", a, 1001.0);
+  ASSERT_TRUE(attempt);
+  // B's coordinator can neither claim the shared run nor requeue it while A's lease holds.
+  EXPECT_FALSE(store.claim_run("shared", 1, 1, "n2", b, 1002.0));
+  EXPECT_EQ(store.requeue_lapsed("lost", 1002.0), 0);
+  EXPECT_EQ(store.query("SELECT state, attempts FROM runs WHERE run_key='shared'")[0],
+            (std::vector<std::string>{"running", "1"}));
+  // Once A's lease lapses, B claims it: A's attempt is closed as lost first, and A's late result is refused.
+  const auto taken = store.claim_run("shared", 1, 1, "n2", b, 1061.0);
+  ASSERT_TRUE(taken);
+  EXPECT_EQ(store.query("SELECT exit_reason FROM attempts WHERE id=" + std::to_string(*attempt))[0][0],
+            "lost: its coordinator's lease lapsed");
+  EXPECT_FALSE(store.finish_attempt(*attempt, AttemptEnd{"done", "completed", 9.9, 9.9, ""}));
+  EXPECT_FALSE(store.renew_lease(a, 60, 1062.0)) << "the lapsed lease B acted on is broken";
+  EXPECT_TRUE(store.finish_attempt(*taken, AttemptEnd{"done", "completed", 3.0, 3.0, ""}));
+  EXPECT_EQ(store.query("SELECT state, final_loss FROM runs WHERE run_key='shared'")[0],
+            (std::vector<std::string>{"done", "3.0"}));
+  EXPECT_FALSE(store.claim_run("shared", 1, 1, "n2", b, 1063.0)) << "a done run is never claimed";
+}
+
+TEST_F(StoreTest, RequeueLapsedLeavesLiveOwnersAloneAndTakesOldJobsAttempts) {
+  Store store = Store::open(db_path());
+  store.register_sweep("A", "a.toml", {run("live", 1000, 10000), run("dead", 1000, 20000), run("old", 1000, 5000)});
+  const auto live = *store.acquire_sweep("A", owner("n1", 1), 60, 1000.0).lease_id;
+  ASSERT_TRUE(store.claim_run("live", 1, 1, "n1", live, 1000.0));
+  // An attempt under a lease that lapsed, and one of an older moesweep (no lease at all).
+  store.register_sweep("D", "d.toml", {run("dead", 1000, 20000)});
+  const auto dead = *store.acquire_sweep("D", owner("n2", 2), 5, 1000.0).lease_id;
+  ASSERT_TRUE(store.claim_run("dead", 1, 1, "n2", dead, 1000.0));
+  store.start_attempt("old", 1, 1, "n3");
+  EXPECT_EQ(store.requeue_lapsed("lost", 1010.0), 2);
+  EXPECT_EQ(store.query("SELECT group_concat(run_key || ':' || state, ' ') FROM (SELECT * FROM runs ORDER BY run_key)")[0][0],
+            "dead:pending live:running old:pending");
+  EXPECT_TRUE(store.lease(dead)->broken);
+  EXPECT_FALSE(store.lease(live)->broken);
+}
+
+TEST_F(StoreTest, AClosedAttemptsLateHeartbeatDoesNotMoveItsRun) {
+  Store store = Store::open(db_path());
+  store.register_sweep("A", "a.toml", {run("r", 1000, 100000)});
+  const auto lease = *store.acquire_sweep("A", owner("n1", 1), 5, 1000.0).lease_id;
+  const auto stale = *store.claim_run("r", 1, 1, "n1", lease, 1000.0);
+  const auto fresh = *store.claim_run("r", 2, 1, "n1",
+                                      *store.acquire_sweep("A", owner("n1", 2), 60, 1010.0).lease_id, 1010.0);
+  store.record_heartbeats({Heartbeat{fresh, 40, 40000, 3.0, std::nullopt, 100, 1e-3}});
+  store.record_heartbeats({Heartbeat{stale, 90, 90000, 2.0, std::nullopt, 100, 1e-3}});
+  EXPECT_EQ(store.query("SELECT step, tokens_done FROM runs")[0], (std::vector<std::string>{"40", "40000"}));
+}

@@ -1,7 +1,9 @@
 #pragma once
 // The SQLite store of a sweep: schema and migrations, every SQL statement, the monitoring views.
 // WAL mode with a busy timeout, so readers (`moesweep status`, `sqlite3 ... 'select * from status'`)
-// never block the one writer (the coordinator, rank 0). Each write method is one transaction.
+// never block the writers. Each write method is one transaction. One coordinator owns a sweep at a time
+// (a lease, below); several coordinators may write one database for different sweeps, and a run shared
+// by two sweeps is claimed by one of them at a time (claim_run).
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -110,6 +112,33 @@ struct AttemptEnd {
   std::int64_t resumed_from_step = 0;      // the checkpoint step this attempt started from (0: fresh)
 };
 
+// Who holds a lease: the coordinator process (schema v5).
+struct LeaseOwner {
+  std::string host;
+  std::int64_t pid = 0;
+  std::int64_t pid_start = 0;    // the process's start time (clock ticks after boot, /proc/PID/stat field 22)
+  std::string slurm_job_id;      // empty outside Slurm
+  std::int64_t slurm_restart = 0;  // SLURM_RESTART_COUNT: a requeued job keeps its id and counts up
+};
+
+struct Lease {
+  std::int64_t id = 0;
+  LeaseOwner owner;
+  double expires_at = 0;  // unix seconds, by the holder's clock (hosts are assumed NTP-synchronised)
+  std::string acquired_at;
+  bool broken = false;    // lapsed and acted upon, or taken over: never valid again
+};
+
+// What sbatch answered for a sweep (schema v5). outcome "queued" has the job id; "unknown" (sbatch
+// timed out or failed in a way that does not prove the job was refused) may or may not have one.
+struct Submission {
+  std::int64_t id = 0;
+  std::string job_id;
+  std::string outcome;  // queued | unknown
+  std::string detail;   // e.g. sbatch's error line
+  std::string at;
+};
+
 class Store {
  public:
   enum class Mode { ReadWrite, ReadOnly };
@@ -139,14 +168,55 @@ class Store {
   std::vector<SweepInfo> sweeps() const;
   void set_slurm_job(const std::string& sweep_name, const std::string& job_id);
 
+  // Slurm submissions, oldest first.
+  void record_submission(const std::string& sweep_name, const Submission& submission);
+  std::vector<Submission> submissions(const std::string& sweep_name) const;
+
+  // Leases (schema v5). A lease is valid while it is not broken and `now` < expires_at.
+  // Takes sweep `sweep_name` for `owner` for `ttl_s` seconds: succeeds when the sweep has no valid lease,
+  // or when its lease's id is `take_over` (the caller has proved that holder dead); the previous lease,
+  // if any, is then broken with `why`. Otherwise returns the holder's lease and takes nothing. One
+  // transaction, so two coordinators starting at once cannot both succeed.
+  struct Acquired {
+    std::optional<std::int64_t> lease_id;  // set: ours now
+    std::optional<Lease> previous;         // the lease we replaced, or the one that holds the sweep
+  };
+  Acquired acquire_sweep(const std::string& sweep_name, const LeaseOwner& owner, double ttl_s, double now,
+                         std::optional<std::int64_t> take_over = std::nullopt,
+                         const std::string& why = "taken over");
+  // The sweep's current lease (valid or not), if it ever had one.
+  std::optional<Lease> sweep_lease(const std::string& sweep_name) const;
+  std::optional<Lease> lease(std::int64_t lease_id) const;
+  // Extends a lease to now + ttl_s. False when it was broken: its holder has lost its sweep and must stop
+  // without writing (another coordinator may be running its runs).
+  bool renew_lease(std::int64_t lease_id, double ttl_s, double now);
+  // The holder gives its lease up (a clean exit): its sweep is free at once.
+  void release_lease(std::int64_t lease_id);
+
   // Attempts and heartbeats (the coordinator's writes).
+  // Claims a run for a new attempt under `lease_id`: only a run that is pending or preempted, or running
+  // under an attempt whose lease is no longer valid at `now` (that attempt is closed as lost first), is
+  // claimed, atomically. nullopt when the run is done, failed, diverged or running under a valid lease
+  // (another coordinator has it): a run is never trained by two attempts at once.
+  std::optional<std::int64_t> claim_run(const std::string& run_key, int rank, int ranks,
+                                        const std::string& host, std::int64_t lease_id, double now);
+  // Unconditional (tests, and recording a failure for a run nobody trains): opens an attempt.
   std::int64_t start_attempt(const std::string& run_key, int rank, int ranks, const std::string& host,
                              std::int64_t resumed_from_step = 0);
-  void record_heartbeats(const std::vector<Heartbeat>& beats);  // one transaction for the batch
-  void finish_attempt(std::int64_t attempt_id, const AttemptEnd& end);
-  // After a job died: every attempt still open is closed as lost and its run goes back to pending (it
-  // resumes from its checkpoints). Returns the number of runs requeued.
-  std::int64_t requeue_interrupted(const std::string& reason);
+  // Heartbeats of attempts that were closed meanwhile (fenced, requeued) keep their metrics rows but no
+  // longer move the run's live columns. One transaction for the batch.
+  void record_heartbeats(const std::vector<Heartbeat>& beats);
+  // Closes an open attempt and sets its run's state. False (and nothing written) when the attempt was
+  // already closed: it was fenced or requeued by a coordinator that found its lease lapsed, and its late
+  // result must not overwrite what a newer attempt does.
+  bool finish_attempt(std::int64_t attempt_id, const AttemptEnd& end);
+  // Open attempts whose lease is not valid at `now` (lapsed, broken, or none: a job of an older moesweep)
+  // are closed as lost, their runs go back to pending (they resume from their checkpoints), and the
+  // lapsed leases are broken. Attempts under a valid lease are left alone. Returns the runs requeued.
+  std::int64_t requeue_lapsed(const std::string& reason, double now);
+  // Runs of `sweep` and where they stand now (state by run_key), for a coordinator that waits on runs
+  // another coordinator is training.
+  std::vector<std::pair<std::string, std::string>> run_states(const std::string& sweep) const;
   // Runs of `sweep` in `from_state` go back to pending (e.g. retrying failed runs), each with a 'reopen'
   // event. Returns how many.
   std::int64_t reopen_runs(const std::string& sweep, const std::string& from_state);
