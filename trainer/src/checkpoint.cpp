@@ -143,7 +143,8 @@ LoadedCheckpoint load_checkpoint_file(const std::filesystem::path& path, const s
 
 std::filesystem::path save_checkpoint(const std::filesystem::path& dir, const CheckpointPosition& position,
                                       const std::string& config_text, MoeTransformerImpl& model,
-                                      torch::optim::Optimizer& optimizer, std::size_t keep) {
+                                      torch::optim::Optimizer& optimizer, std::size_t keep,
+                                      const std::function<bool()>& may_publish) {
   torch::serialize::OutputArchive archive;
   model.save(archive);
   torch::serialize::OutputArchive optimizer_archive;
@@ -169,7 +170,8 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& dir, const Ch
   const auto path = checkpoint_path(dir, position.step);
   write_file_atomically(
       path,
-      {{&header, sizeof header}, {config_text.data(), config_text.size()}, {payload.data(), payload.size()}});
+      {{&header, sizeof header}, {config_text.data(), config_text.size()}, {payload.data(), payload.size()}},
+      may_publish);
   if (keep > 0) {
     const auto files = checkpoint_files(dir);
     for (std::size_t i = keep; i < files.size(); ++i) std::filesystem::remove(files[i]);

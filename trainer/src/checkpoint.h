@@ -28,7 +28,8 @@ struct CheckpointPosition {
 // Returns the path.
 std::filesystem::path save_checkpoint(const std::filesystem::path& dir, const CheckpointPosition& position,
                                       const std::string& config_text, MoeTransformerImpl& model,
-                                      torch::optim::Optimizer& optimizer, std::size_t keep = 2);
+                                      torch::optim::Optimizer& optimizer, std::size_t keep = 2,
+                                      const std::function<bool()>& may_publish = {});
 
 struct LoadedCheckpoint {
   std::filesystem::path path;

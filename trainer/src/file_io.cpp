@@ -21,8 +21,12 @@ namespace {
 
 }  // namespace
 
-void write_file_atomically(const std::filesystem::path& path, std::initializer_list<ByteRange> parts) {
-  const std::filesystem::path temporary = path.string() + ".tmp";
+void write_file_atomically(const std::filesystem::path& path, std::initializer_list<ByteRange> parts,
+                           const std::function<bool()>& may_publish) {
+  char host[256] = {0};
+  ::gethostname(host, sizeof host - 1);
+  const std::filesystem::path temporary =
+      path.string() + kTemporarySuffix + host + "-" + std::to_string(static_cast<long long>(::getpid()));
   const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) fail("create", temporary);
   for (const auto& part : parts) {
@@ -44,6 +48,10 @@ void write_file_atomically(const std::filesystem::path& path, std::initializer_l
     fail("fsync", temporary);
   }
   if (::close(fd) != 0) fail("close", temporary);
+  if (may_publish && !may_publish()) {
+    ::unlink(temporary.c_str());
+    throw Superseded(path.string() + ": not written: a newer attempt owns this run");
+  }
   if (::rename(temporary.c_str(), path.c_str()) != 0) fail("rename", temporary);
   const auto directory = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
   const int dir_fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);

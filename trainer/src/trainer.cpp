@@ -8,6 +8,7 @@
 
 #include "blas_threads.h"
 #include "checkpoint.h"
+#include "moesweep/trainer/file_io.h"
 #include "gradient_allreduce.h"
 #include "moesweep/input_error.h"
 #include "moesweep/trainer/data.h"
@@ -30,6 +31,14 @@ double seconds_since(Clock::time_point start) {
 std::string trajectory_fingerprint(const RunConfig& c) {
   std::ostringstream out;
   out.precision(17);
+  // lr = "auto" names its rule, not the rate it computes: another libm or a fused multiply-add moves the
+  // rate's last bit, and a checkpoint must resume on any node of the cluster (as the run key does).
+  std::ostringstream lr;
+  lr.precision(17);
+  if (c.train.lr_auto)
+    lr << kAutoLearningRateRule;
+  else
+    lr << c.train.lr;
   out << kRecipeLine << "\n"
       << "data.tokenizer = " << c.data.tokenizer << "\n"
       << "model.d_model = " << c.model.d_model << "\n"
@@ -48,7 +57,7 @@ std::string trajectory_fingerprint(const RunConfig& c) {
       << "train.tokens = " << c.train.tokens << "\n"
       << "train.batch_tokens = " << c.train.batch_tokens << "\n"
       << "train.batch_ramp = " << c.train.batch_ramp << "\n"
-      << "train.lr = " << c.train.lr << "\n"
+      << "train.lr = " << lr.str() << "\n"
       << "train.warmup_tokens = " << c.train.warmup_tokens << "\n"
       << "train.decay_fraction = " << c.train.decay_fraction << "\n"
       << "train.weight_decay = " << c.train.weight_decay << "\n"
@@ -265,8 +274,18 @@ class Trainer {
 
   void checkpoint(const CheckpointPosition& position, const std::filesystem::path& dir, std::size_t keep) {
     std::filesystem::path path;
-    if (reduce_.rank() == 0)
-      path = save_checkpoint(dir, position, trajectory_fingerprint(config_), *model_, *optimizer_, keep);
+    std::string superseded;
+    if (reduce_.rank() == 0) {
+      try {
+        path = save_checkpoint(dir, position, trajectory_fingerprint(config_), *model_, *optimizer_, keep,
+                               options_.may_write_checkpoints);
+      } catch (const Superseded& e) {
+        superseded = e.what();
+      }
+    }
+    // Every rank stops together when rank 0 was fenced (a lone throw would hang the others here).
+    if (reduce_.sum(superseded.empty() ? 0.0 : 1.0) > 0)
+      throw Superseded(superseded.empty() ? dir.string() + ": a newer attempt owns this run" : superseded);
     reduce_.barrier();  // a rank that resumes right after a stop must find the file complete
     if (reduce_.rank() == 0) observer_.on_checkpoint(position.step, position.tokens, path);
   }

@@ -84,6 +84,11 @@ double training_flops(const RunConfig& r);
 // The learning-rate rule lr = exp(8.3916 − 0.81218·ln N_act − 0.25·ln E).
 double auto_learning_rate(std::int64_t n_act, std::int64_t experts);
 
+// The rule's name and version, which a run key hashes for lr = "auto" instead of the rate: the rate's
+// last bit depends on the build (fused multiply-add, libm), the name does not. Change the version
+// whenever auto_learning_rate changes, so runs trained at the old rates are not taken for done.
+inline constexpr const char* kAutoLearningRateRule = "auto (rule v1)";
+
 // --- The schedule: plain arithmetic on the config, shared by the trainer and the sweep expansion. ---
 
 // The learning rate of the step that starts after `tokens_done` tokens and consumes `batch_tokens`:

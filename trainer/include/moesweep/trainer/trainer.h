@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -70,6 +71,11 @@ struct TrainOptions {
   // before any training.
   std::filesystem::path start_from;
   std::optional<RunConfig> start_from_config;
+
+  // Fencing: asked (on rank 0) just before each checkpoint is renamed into place. False means a newer
+  // attempt of this run owns its directory: nothing is written and train() throws Superseded (file_io.h)
+  // on every rank of the group. Empty: always write.
+  std::function<bool()> may_write_checkpoints;
 };
 
 // A checkpoint a run was told to start from is missing, torn or fails its checksum; nothing trained.
