@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pwd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -56,6 +57,38 @@ std::string sbatch_value(const std::string& what, const std::string& value) {
   return value;
 }
 
+// The first line of a command's output, trimmed.
+std::string first_line(const std::string& text) { return trim(text.substr(0, text.find('\n'))); }
+
+// What a failed command said, on one line: its stderr (else its stdout), lines joined by "; ".
+std::string said(const CommandResult& r) {
+  std::string text;
+  for (const auto& line : split(r.err.empty() ? r.out : r.err, '\n'))
+    if (const auto t = trim(line); !t.empty()) text += (text.empty() ? "" : "; ") + t;
+  if (text.empty()) text = "exit status " + std::to_string(r.status) + ", no message";
+  return text;
+}
+
+bool contains_nocase(const std::string& text, const std::string& what) {
+  std::string lower = text;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  return lower.find(what) != std::string::npos;
+}
+
+JobStatus status_from_word(const std::string& word) {
+  JobStatus s;
+  s.state = word;
+  s.kind = job_state_active(word) ? JobStatus::Kind::Active : JobStatus::Kind::Finished;
+  return s;
+}
+
+// The calling user's login name, for squeue --user (a job name alone may be another user's job too).
+std::optional<std::string> login_name() {
+  if (const passwd* pw = ::getpwuid(::geteuid()); pw && pw->pw_name && *pw->pw_name) return pw->pw_name;
+  if (const char* user = std::getenv("USER"); user && *user) return std::string(user);
+  return std::nullopt;
+}
+
 // Job names and log file names: the sweep's name with anything unusual replaced.
 std::string safe_name(const std::string& name) {
   std::string out = name;
@@ -97,10 +130,43 @@ long parse_slurm_time(const std::string& text) {
   return seconds;
 }
 
-void validate_options(const SubmitOptions& o) {
+TaskLayout task_layout(const SubmitOptions& o) {
   if (o.nodes < 1) throw InputError("--nodes: must be at least 1");
-  if (o.ranks_per_node < 1) throw InputError("--ranks-per-node: must be at least 1");
+  if (o.ranks_per_node && *o.ranks_per_node < 1) throw InputError("--ranks-per-node: must be at least 1");
   if (o.gpus_per_node < 0) throw InputError("--gpus-per-node: must not be negative");
+  const int gpus = o.gpus_per_node;
+  TaskLayout layout;
+  layout.nodes = o.nodes;
+  if (gpus == 0 || !o.ranks_per_node) {
+    // Without GPUs, K ranks everywhere. With G GPUs, G + 1 on the first node (the coordinator and G
+    // trainers) and G on each other: --ntasks-per-node is then Slurm's maximum, not its count.
+    layout.ntasks_per_node = gpus == 0 ? o.ranks_per_node.value_or(2) : gpus + 1;
+    layout.ntasks = gpus == 0 ? o.nodes * layout.ntasks_per_node : o.nodes * gpus + 1;
+    return layout;
+  }
+  const int ranks = *o.ranks_per_node;
+  const std::string asked =
+      "--ranks-per-node " + std::to_string(ranks) + " with --gpus-per-node " + std::to_string(gpus);
+  if (ranks - 1 > gpus)
+    throw InputError(asked + ": the first node would have " + std::to_string(ranks - 1) +
+                     " training ranks (rank 0 coordinates) for " + std::to_string(gpus) +
+                     " GPUs, two of them on one GPU; give at most --ranks-per-node " +
+                     std::to_string(gpus + 1) + ", or leave it out for one training rank per GPU");
+  if (o.nodes > 1 && ranks > gpus)
+    throw InputError(
+        asked + " on " + std::to_string(o.nodes) + " nodes: every node but the first would have " +
+        std::to_string(ranks) + " training ranks for " + std::to_string(gpus) +
+        " GPUs, two of them on one GPU (only the first node has the coordinator, rank 0); leave "
+        "--ranks-per-node out for one training rank per GPU (" +
+        std::to_string(o.nodes * gpus + 1) + " ranks: " + std::to_string(gpus + 1) + " on the first node, " +
+        std::to_string(gpus) + " on each other), or give at most " + std::to_string(gpus));
+  layout.ntasks_per_node = ranks;
+  layout.ntasks = o.nodes * ranks;
+  return layout;
+}
+
+void validate_options(const SubmitOptions& o) {
+  task_layout(o);
   if (o.cpus_per_rank < 0) throw InputError("--cpus-per-rank: must not be negative");
   if (o.signal_margin_s < 1 || o.signal_margin_s > 65535)
     throw InputError("--signal-margin: must be 1..65535 seconds (Slurm's --signal limit)");
@@ -145,8 +211,11 @@ std::string shell_quote(const std::string& word) {
 std::string render_batch_script(const std::string& template_text, const SubmitOptions& o,
                                 const ScriptContext& c) {
   validate_options(o);
+  const TaskLayout layout = task_layout(o);
   std::ostringstream sbatch;
-  sbatch << "#SBATCH --nodes=" << o.nodes << "\n#SBATCH --ntasks-per-node=" << o.ranks_per_node << "\n";
+  sbatch << "#SBATCH --nodes=" << layout.nodes << "\n";
+  if (layout.uneven()) sbatch << "#SBATCH --ntasks=" << layout.ntasks << "\n";
+  sbatch << "#SBATCH --ntasks-per-node=" << layout.ntasks_per_node << "\n";
   if (o.cpus_per_rank > 0) sbatch << "#SBATCH --cpus-per-task=" << o.cpus_per_rank << "\n";
   if (o.gpus_per_node > 0) sbatch << "#SBATCH --gpus-per-node=" << o.gpus_per_node << "\n";
   if (!o.time.empty()) sbatch << "#SBATCH --time=" << sbatch_value("--time", trim(o.time)) << "\n";
@@ -157,7 +226,8 @@ std::string render_batch_script(const std::string& template_text, const SubmitOp
   options.pop_back();  // the template's line supplies the last newline
 
   std::vector<std::string> args = {c.sweep_path, "--db", c.db_path, "--workdir", c.workdir};
-  if (o.gpus_per_node > 0) args.insert(args.end(), {"--device", "cuda"});
+  if (o.gpus_per_node > 0)
+    args.insert(args.end(), {"--device", "cuda", "--gpus-per-node", std::to_string(o.gpus_per_node)});
   if (o.cpus_per_rank > 0) args.insert(args.end(), {"--threads", std::to_string(o.cpus_per_rank)});
   args.insert(args.end(), o.run_args.begin(), o.run_args.end());
   std::string run_args;
@@ -306,20 +376,131 @@ CommandResult run_command(const std::vector<std::string>& argv, const std::strin
   return result;
 }
 
-std::optional<std::string> job_state(const std::string& job_id) {
-  if (job_id.empty()) return std::nullopt;
+JobStatus job_status(const std::string& job_id) {
+  JobStatus status;
+  if (job_id.empty()) {
+    status.why = "no job id";
+    return status;
+  }
+  // squeue first: it knows every job still in the queue (and, for a while, those that just ended).
+  bool gone = false;  // squeue answered that the job is not in the queue
+  std::string squeue_why = "squeue is not on the PATH";
   if (on_path("squeue")) {
     const auto r = run_command({"squeue", "--noheader", "--jobs=" + job_id, "--format=%T", "--states=all"});
-    const std::string state = trim(r.out);
-    if (r.status == 0 && !state.empty()) return state.substr(0, state.find('\n'));
+    if (const std::string state = first_line(r.out); r.status == 0 && !state.empty())
+      return status_from_word(state);
+    // Slurm answers a job it has purged with "Invalid job id specified" (exit 1), some versions with
+    // an empty list; any other failure (a timeout, no controller) is no answer.
+    gone = r.status == 0 || contains_nocase(r.err + r.out, "invalid job id");
+    squeue_why = "squeue: " + said(r);
   }
-  if (on_path("sacct")) {  // the job has left the queue: its final state, where accounting is kept
+  // sacct: the final state of a job that has left the queue, where accounting is kept; and a second
+  // opinion when squeue gave none.
+  std::string sacct_why = "sacct is not on the PATH";
+  if (on_path("sacct")) {
     const auto r =
         run_command({"sacct", "--noheader", "--allocations", "--jobs=" + job_id, "--format=State%30"});
-    const std::string state = trim(r.out);
-    if (r.status == 0 && !state.empty()) return trim(state.substr(0, state.find('\n')));
+    if (const std::string state = first_line(r.out); r.status == 0 && !state.empty())
+      return status_from_word(state);
+    sacct_why = r.status == 0 ? "sacct: no record of job " + job_id : "sacct: " + said(r);
   }
-  return std::nullopt;
+  if (gone) {
+    status.kind = JobStatus::Kind::Finished;
+    return status;
+  }
+  status.why = squeue_why + "; " + sacct_why;
+  return status;
+}
+
+std::optional<std::string> job_state(const std::string& job_id) {
+  if (job_id.empty()) return std::nullopt;
+  const JobStatus status = job_status(job_id);
+  if (status.state.empty()) return std::nullopt;
+  return status.state;
+}
+
+NamedJobs jobs_named(const std::string& job_name) {
+  NamedJobs named;
+  if (!on_path("squeue")) {
+    named.why = "squeue is not on the PATH";
+    return named;
+  }
+  std::vector<std::string> argv = {"squeue", "--noheader", "--states=all", "--name=" + job_name,
+                                   "--format=%i %T"};
+  if (const auto user = login_name()) argv.push_back("--user=" + *user);
+  const auto r = run_command(argv);
+  if (r.status != 0) {
+    named.why = "squeue: " + said(r);
+    return named;
+  }
+  named.answered = true;
+  for (const auto& line : split(r.out, '\n')) {
+    std::istringstream fields(line);
+    std::string id, state;
+    if (fields >> id >> state) named.jobs.emplace_back(id, state);
+  }
+  // Oldest first: job ids count up (an array task's id is "<job>_<task>").
+  const auto number = [](const std::string& id) {
+    const std::string digits = id.substr(0, id.find_first_not_of("0123456789"));
+    return digits.empty() || digits.size() > 18 ? 0LL : std::stoll(digits);
+  };
+  std::stable_sort(named.jobs.begin(), named.jobs.end(),
+                   [&](const auto& a, const auto& b) { return number(a.first) < number(b.first); });
+  return named;
+}
+
+SbatchOutcome classify_sbatch(const CommandResult& r) {
+  SbatchOutcome outcome;
+  // A job id on stdout is a queued job, whatever else sbatch said or its exit status.
+  if (const std::string id = first_line(r.out); !id.empty()) {
+    try {
+      outcome.job_id = parse_job_id(id);
+      outcome.kind = SbatchOutcome::Kind::Queued;
+      return outcome;
+    } catch (const std::runtime_error&) {
+    }
+  }
+  outcome.detail = said(r);
+  if (r.status == 0) {  // success without a job id: something answered, but not with a job we can name
+    outcome.detail = "sbatch succeeded but printed no job id: " + outcome.detail;
+    outcome.kind = SbatchOutcome::Kind::Unknown;
+    return outcome;
+  }
+  if (r.status == 127) {  // sbatch could not be run: nothing reached Slurm
+    outcome.kind = SbatchOutcome::Kind::Refused;
+    return outcome;
+  }
+  if (r.status > 128) {  // killed by a signal, perhaps after the controller took the job
+    outcome.detail = "sbatch was killed by signal " + std::to_string(r.status - 128) + ": " + outcome.detail;
+    outcome.kind = SbatchOutcome::Kind::Unknown;
+    return outcome;
+  }
+  // sbatch prints "Batch job submission failed: <reason>" both when the controller refused the job and
+  // when it never answered; the reason tells which. These are Slurm's communication errors (and the
+  // system's, which Slurm passes on); anything else is the controller's (or sbatch's own) no.
+  static const char* no_answer[] = {"timed out",
+                                    "timeout",
+                                    "unable to contact",
+                                    "connection refused",
+                                    "connection reset",
+                                    "transport endpoint",
+                                    "zero bytes were transmitted",
+                                    "communication",
+                                    "socket",
+                                    "standby mode",
+                                    "broken pipe",
+                                    "no route to host",
+                                    "network is unreachable",
+                                    "message receive failure",
+                                    "message send failure",
+                                    "temporarily unavailable",
+                                    "temporarily unable",
+                                    "interrupted system call"};
+  outcome.kind = std::any_of(std::begin(no_answer), std::end(no_answer),
+                             [&](const char* m) { return contains_nocase(outcome.detail, m); })
+                     ? SbatchOutcome::Kind::Unknown
+                     : SbatchOutcome::Kind::Refused;
+  return outcome;
 }
 
 std::vector<std::string> partitions() {

@@ -2,9 +2,11 @@
 # A real one-node Slurm cluster (Debian's slurm-wlm and munge), started from a scratch directory with
 # its own ports and munge socket, then:
 #   1. moesweep submit sweeps/smoke.toml; every run ends done;
-#   2. a longer copy of the smoke sweep with a fresh database: `scontrol requeue` while a run is in
-#      flight; the requeued job finishes the sweep, every run done exactly once, the interrupted run
-#      resumed from its checkpoint;
+#   2. a longer copy of the smoke sweep with a fresh database, submitted through an sbatch that queues
+#      the job and then fails as a busy controller's does ("Socket timed out"): the outcome is recorded
+#      as unknown, and the next submit finds the job by its name with the real squeue, records it and
+#      refuses; then `scontrol requeue` while a run is in flight; the requeued job finishes the sweep,
+#      every run done exactly once, the interrupted run resumed from its checkpoint;
 #   3. every daemon it started is stopped by its recorded pid, also when an assertion fails.
 # Needs root (the recipe in the project's notes); exits 77 (skipped) without root or the packages.
 source "$MOESWEEP_SOURCE_DIR/tests/integration/lib.sh"
@@ -120,9 +122,11 @@ job=$("$MOESWEEP" submit "$MOESWEEP_SOURCE_DIR/sweeps/smoke.toml" --db smoke.db 
   --time 00:10:00 --partition debug) || fail "submit failed"
 echo "submitted job $job"
 expect_eq "recorded job" "$(q smoke.db "select slurm_job_id from sweeps where name='smoke'")" "$job"
-again=$("$MOESWEEP" submit "$MOESWEEP_SOURCE_DIR/sweeps/smoke.toml" --db smoke.db --ranks-per-node "$RANKS" 2>again.err)
-expect_eq "a second submit's job (no new job)" "$again" "$job"
-grep -q "already submitted" again.err || fail "the second submit did not say so"
+status=0
+"$MOESWEEP" submit "$MOESWEEP_SOURCE_DIR/sweeps/smoke.toml" --db smoke.db --ranks-per-node "$RANKS" \
+  >again.out 2>again.err || status=$?
+expect_eq "a second submit's exit status (refused while the job is queued or running)" "$status" 2
+grep -q "already submitted as Slurm job $job" again.err || { cat again.err; fail "the second submit did not say so"; }
 wait_done smoke.db 4 150
 wait_job_gone "$job" 30
 expect_eq "smoke: completed attempts" "$(q smoke.db "select count(*) from attempts where exit_reason='completed'")" 4
@@ -135,9 +139,26 @@ status_line=$("$MOESWEEP" status --db smoke.db | head -1)
 sed -e 's/^name = "smoke"/name = "smoke-long"/' -e 's/^tokens = .*/tokens = [163_840, 196_608]/' \
   "$MOESWEEP_SOURCE_DIR/sweeps/smoke.toml" > long.toml
 grep -q '^tokens = \[163_840' long.toml || fail "could not make the longer sweep"
-job=$("$MOESWEEP" submit long.toml --db long.db --ranks-per-node "$RANKS" --time 00:10:00 \
-  --run-arg=--heartbeat --run-arg=0.2) || fail "submit failed"
-echo "submitted job $job"
+mkdir -p timeout-bin  # the real sbatch, then the error a busy controller's timeout gives
+printf '#!/usr/bin/env bash\n%q "$@" >/dev/null || exit\n%s\nexit 1\n' "$(command -v sbatch)" \
+  'echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2' \
+  > timeout-bin/sbatch
+chmod +x timeout-bin/sbatch
+status=0
+PATH="$SCRATCH/timeout-bin:$PATH" "$MOESWEEP" submit long.toml --db long.db --ranks-per-node "$RANKS" \
+  --time 00:10:00 --run-arg=--heartbeat --run-arg=0.2 >submit.out 2>submit.err || status=$?
+expect_eq "submit through a timing-out sbatch: exit status" "$status" 1
+grep -q "the job may or may not be queued" submit.err || { cat submit.err; fail "the unknown outcome is not said"; }
+expect_eq "recorded outcome" "$(q long.db "select outcome || ':' || job_id from submissions")" "unknown:"
+status=0
+"$MOESWEEP" submit long.toml --db long.db --ranks-per-node "$RANKS" >again.out 2>again.err || status=$?
+expect_eq "the next submit's exit status (the job is found by its name)" "$status" 2
+grep -q "found by its name after an unknown sbatch outcome" again.err || { cat again.err; fail "the job was not found by name"; }
+job=$(q long.db "select slurm_job_id from sweeps where name='smoke-long'")
+expect_eq "recorded outcomes" "$(q long.db "select outcome || ':' || job_id from submissions" | paste -sd' ' -)" \
+  "unknown: queued:$job"
+expect_eq "jobs of the sweep in the queue" "$(squeue --noheader --name=moesweep-smoke-long --format=%i)" "$job"
+echo "submitted job $job (found by its name)"
 for _ in $(seq 600); do  # a run past its first checkpoint (every 8 steps)
   mid=$(q long.db "select count(*) from runs where state='running' and step >= 20" 2>/dev/null || echo 0)
   [ "$mid" -ge 1 ] && break

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # moesweep submit against stand-in Slurm commands (sbatch, sinfo, squeue, scontrol as small scripts):
-# bad input exits 2 with nothing registered, a submit registers the sweep and records the job, a second
-# submit while the job is queued or running submits nothing, and the rendered batch script itself,
-# run by bash, forwards USR1 to the ranks and requeues the job when `moesweep run` exits 75.
+# bad input exits 2 with nothing registered (a GPU layout with more training ranks on a node than GPUs
+# included), a submit registers the sweep and records the job, a second submit while the job is queued
+# or running is refused (exit 2) and submits nothing, and the rendered batch script itself, run by bash,
+# forwards USR1 to the ranks and requeues the job when `moesweep run` exits 75. (Slurm's silences:
+# submit_outcomes.sh.)
 source "$MOESWEEP_SOURCE_DIR/tests/integration/lib.sh"
 
 FAKE=$SCRATCH/fake-slurm
@@ -27,9 +29,10 @@ id=\${2#--jobs=}
 [ -f $FAKE/state.\$id ] || { echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1; }
 cat $FAKE/state.\$id
 EOF
+# Records what changes the job (requeue); queries (show config, show hostnames) answer nothing.
 cat > "$FAKE/bin/scontrol" <<EOF
 #!/usr/bin/env bash
-echo "\$*" >> $FAKE/scontrol.calls
+[ "\$1" = show ] || echo "\$*" >> $FAKE/scontrol.calls
 EOF
 chmod +x "$FAKE"/bin/*
 export PATH="$FAKE/bin:$PATH"
@@ -77,6 +80,23 @@ grep -q '^#SBATCH --signal=B:USR1@300$' out.txt || fail "no signal line"
 bash -n out.txt || fail "the rendered script is not valid bash"
 nothing_registered "--dry-run"
 
+# --- GPU layouts: rank 0 coordinates on the first node; every other rank needs a GPU of its own --------
+expect_status "the README's layout on 2 nodes" 2 "$MOESWEEP" submit sweep.toml --db sweep.db --dry-run \
+  --nodes 2 --ranks-per-node 9 --gpus-per-node 8
+[ "$(wc -l < err.txt)" == 1 ] || fail "the refusal is not one line"
+grep -q "every node but the first would have 9 training ranks for 8 GPUs" err.txt || fail "the refusal does not say why"
+[ ! -s out.txt ] || fail "a refused layout printed a script"
+expect_status "the default GPU layout on 2 nodes" 0 "$MOESWEEP" submit sweep.toml --db sweep.db --dry-run \
+  --nodes 2 --gpus-per-node 8
+expect_eq "its task lines" "$(grep -E '^#SBATCH --(nodes|ntasks|ntasks-per-node|gpus-per-node)=' out.txt | paste -sd' ' -)" \
+  "#SBATCH --nodes=2 #SBATCH --ntasks=17 #SBATCH --ntasks-per-node=9 #SBATCH --gpus-per-node=8"
+grep -q -- "--device cuda --gpus-per-node 8" out.txt || fail "the runs are not told their GPUs"
+expect_status "1 node, 9 ranks, 8 GPUs" 0 "$MOESWEEP" submit sweep.toml --db sweep.db --dry-run \
+  --nodes 1 --ranks-per-node 9 --gpus-per-node 8
+expect_eq "its task lines" "$(grep -E '^#SBATCH --(nodes|ntasks|ntasks-per-node|gpus-per-node)=' out.txt | paste -sd' ' -)" \
+  "#SBATCH --nodes=1 #SBATCH --ntasks-per-node=9 #SBATCH --gpus-per-node=8"
+nothing_registered "GPU layouts"
+
 # --- a submit registers the sweep and records the job ----------------------------------------------
 expect_status "submit" 0 "$MOESWEEP" submit sweep.toml --db sweep.db --ranks-per-node 3 --time 00:30:00 \
   --partition debug --launcher mpirun "${SIM[@]}"
@@ -87,12 +107,14 @@ expect_eq "registered runs" "$(q sweep.db "select count(*) from runs where state
 grep -q '^#SBATCH --ntasks-per-node=3$' "$FAKE/job.1001.sbatch" || fail "layout missing"
 grep -q '^#SBATCH --partition=debug$' "$FAKE/job.1001.sbatch" || fail "partition missing"
 
-# --- idempotent while queued or running; --force overrides; a finished job does not count ----------
-expect_status "a second submit while pending" 0 "$MOESWEEP" submit sweep.toml --db sweep.db
-grep -q "already submitted as Slurm job 1001 (PENDING)" err.txt || fail "no 'already submitted' message"
-expect_eq "second submit's job id" "$(cat out.txt)" 1001
+# --- one job per sweep: refused while queued or running; --force overrides; a finished job does not count
+expect_status "a second submit while pending" 2 "$MOESWEEP" submit sweep.toml --db sweep.db
+grep -q "sweep 'cli' is already submitted as Slurm job 1001 (PENDING); not submitting it again" err.txt ||
+  fail "no 'already submitted' message"
+[ "$(wc -l < err.txt)" == 1 ] || fail "the refusal is not one line"
+[ ! -s out.txt ] || fail "a refused submit printed a job id"
 echo RUNNING > "$FAKE/state.1001"
-expect_status "a second submit while running" 0 "$MOESWEEP" submit sweep.toml --db sweep.db
+expect_status "a second submit while running" 2 "$MOESWEEP" submit sweep.toml --db sweep.db
 expect_eq "jobs submitted" "$(cat "$FAKE/last_id")" 1001
 expect_status "status" 0 "$MOESWEEP" status --db sweep.db
 grep -q "(Slurm job 1001: RUNNING)" out.txt || { cat out.txt; fail "status does not show the job's state"; }

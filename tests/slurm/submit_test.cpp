@@ -82,8 +82,7 @@ TEST(SubmitValidation, Layout) {
 TEST(BatchScript, RequeueSafeDirectivesAndLaunch) {
   slurm::SubmitOptions o;
   o.nodes = 2;
-  o.ranks_per_node = 5;
-  o.gpus_per_node = 4;
+  o.gpus_per_node = 4;  // --ranks-per-node left out: 5 ranks on the first node, 4 on the second
   o.cpus_per_rank = 8;
   o.time = "12:00:00";
   o.partition = "gpu";
@@ -99,8 +98,7 @@ TEST(BatchScript, RequeueSafeDirectivesAndLaunch) {
         "#SBATCH --open-mode=append\n",
         "#SBATCH --output=/home/u/moesweep-smoke-%j.out\n",
         "#SBATCH --chdir=/home/u\n",
-        "#SBATCH --nodes=2\n",
-        "#SBATCH --ntasks-per-node=5\n",
+        "#SBATCH --nodes=2\n#SBATCH --ntasks=9\n#SBATCH --ntasks-per-node=5\n",
         "#SBATCH --cpus-per-task=8\n",
         "#SBATCH --gpus-per-node=4\n",
         "#SBATCH --time=12:00:00\n",
@@ -109,7 +107,7 @@ TEST(BatchScript, RequeueSafeDirectivesAndLaunch) {
         "#SBATCH --qos=normal\n",
         "MOESWEEP='/opt/moe sweep/bin/moesweep'\n",
         "RUN=(\"$MOESWEEP\" run /home/u/sweeps/smoke.toml --db /home/u/sweep.db --workdir /home/u/runs "
-        "--device cuda --threads 8)\n",
+        "--device cuda --gpus-per-node 4 --threads 8",
         "LAUNCHER=${MOESWEEP_LAUNCHER:-auto}\n",
         "srun --mpi=pmix",
         "scontrol requeue \"$SLURM_JOB_ID\"",
@@ -125,6 +123,84 @@ TEST(BatchScript, RequeueSafeDirectivesAndLaunch) {
   EXPECT_FALSE(contains(s, "allow-run-as-root"));
 }
 
+// Rank 0 coordinates on the first node and never trains; every other rank needs a GPU of its own.
+TEST(GpuLayout, DefaultIsOneTrainingRankPerGpuPlusTheCoordinator) {
+  slurm::SubmitOptions o;
+  o.gpus_per_node = 8;
+  for (int nodes : {1, 2, 4}) {
+    o.nodes = nodes;
+    const auto l = slurm::task_layout(o);
+    EXPECT_EQ(l.nodes, nodes);
+    EXPECT_EQ(l.ntasks, nodes * 8 + 1);
+    EXPECT_EQ(l.ntasks_per_node, 9);  // Slurm's maximum: the first node gets 9, the others 8
+    EXPECT_EQ(l.uneven(), nodes > 1);
+  }
+  o.nodes = 2;
+  const std::string s = slurm::render_batch_script(slurm::builtin_template(), o, context());
+  EXPECT_TRUE(contains(s,
+                       "#SBATCH --nodes=2\n#SBATCH --ntasks=17\n#SBATCH --ntasks-per-node=9\n"
+                       "#SBATCH --gpus-per-node=8\n"))
+      << s;
+  EXPECT_TRUE(contains(s, "--workdir /home/u/runs --device cuda --gpus-per-node 8")) << s;
+}
+
+TEST(GpuLayout, OneNodeNineRanksEightGpusRendersAsBefore) {
+  slurm::SubmitOptions o;
+  o.ranks_per_node = 9;
+  o.gpus_per_node = 8;
+  const std::string s = slurm::render_batch_script(slurm::builtin_template(), o, context());
+  EXPECT_TRUE(contains(s, "#SBATCH --nodes=1\n#SBATCH --ntasks-per-node=9\n#SBATCH --gpus-per-node=8\n"))
+      << s;
+  EXPECT_FALSE(contains(s, "#SBATCH --ntasks=")) << s;
+}
+
+TEST(GpuLayout, MoreTrainingRanksThanGpusOnANodeIsRefused) {
+  slurm::SubmitOptions o;
+  o.nodes = 4;  // the README's layout: nodes 2..4 would have 9 training ranks for 8 GPUs
+  o.ranks_per_node = 9;
+  o.gpus_per_node = 8;
+  try {
+    slurm::validate_options(o);
+    FAIL() << "no error";
+  } catch (const InputError& e) {
+    const std::string m = e.what();
+    EXPECT_TRUE(contains(m, "--ranks-per-node 9 with --gpus-per-node 8 on 4 nodes")) << m;
+    EXPECT_TRUE(contains(m, "9 training ranks for 8 GPUs")) << m;
+    EXPECT_TRUE(contains(m, "33 ranks: 9 on the first node, 8 on each other")) << m;
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+  }
+  EXPECT_THROW(slurm::render_batch_script(slurm::builtin_template(), o, context()), InputError);
+  o.nodes = 1;  // one node: 8 training ranks and the coordinator
+  EXPECT_NO_THROW(slurm::validate_options(o));
+  o.ranks_per_node = 10;  // 9 training ranks on the only node
+  try {
+    slurm::validate_options(o);
+    FAIL() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_TRUE(contains(e.what(), "the first node would have 9 training ranks")) << e.what();
+    EXPECT_TRUE(contains(e.what(), "at most --ranks-per-node 9")) << e.what();
+  }
+  o.nodes = 3;  // 8 everywhere: 7 trainers next to the coordinator, 8 on the others
+  o.ranks_per_node = 8;
+  const auto l = slurm::task_layout(o);
+  EXPECT_EQ(l.ntasks, 24);
+  EXPECT_FALSE(l.uneven());
+  o.ranks_per_node = 2;  // fewer trainers than GPUs is allowed
+  EXPECT_NO_THROW(slurm::validate_options(o));
+}
+
+TEST(GpuLayout, WithoutGpusTheRanksPerNodeAreTheUsersOrTwo) {
+  slurm::SubmitOptions o;
+  o.nodes = 3;
+  auto l = slurm::task_layout(o);
+  EXPECT_EQ(l.ntasks_per_node, 2);
+  EXPECT_EQ(l.ntasks, 6);
+  o.ranks_per_node = 17;  // CPU ranks: no GPU to share
+  l = slurm::task_layout(o);
+  EXPECT_EQ(l.ntasks, 51);
+  EXPECT_FALSE(l.uneven());
+}
+
 TEST(BatchScript, MinimalLayoutAndPassThroughArguments) {
   slurm::SubmitOptions o;
   o.launcher = "mpirun";
@@ -133,7 +209,7 @@ TEST(BatchScript, MinimalLayoutAndPassThroughArguments) {
   EXPECT_TRUE(contains(s, "#SBATCH --nodes=1\n#SBATCH --ntasks-per-node=2\nset -u")) << s;
   EXPECT_FALSE(contains(s, "--time="));
   EXPECT_FALSE(contains(s, "--partition="));
-  EXPECT_TRUE(contains(s, "--workdir /home/u/runs --backend simulate --time-scale 0.5)\n")) << s;
+  EXPECT_TRUE(contains(s, "--workdir /home/u/runs --backend simulate --time-scale 0.5")) << s;
   EXPECT_TRUE(contains(s, "LAUNCHER=${MOESWEEP_LAUNCHER:-mpirun}\n"));
 }
 
@@ -202,4 +278,69 @@ TEST(ChildProcess, OutputsStatusAndStdin) {
   EXPECT_FALSE(slurm::on_path("moesweep-no-such-program"));
 }
 
-TEST(JobStates, SilentWithoutAJob) { EXPECT_EQ(slurm::job_state(""), std::nullopt); }
+TEST(JobStates, SilentWithoutAJob) {
+  EXPECT_EQ(slurm::job_state(""), std::nullopt);
+  EXPECT_EQ(slurm::job_status("").kind, slurm::JobStatus::Kind::Unknown);
+}
+
+namespace {
+slurm::SbatchOutcome sbatch(int status, const std::string& out, const std::string& err) {
+  slurm::CommandResult r;
+  r.status = status;
+  r.out = out;
+  r.err = err;
+  return slurm::classify_sbatch(r);
+}
+}  // namespace
+
+TEST(SbatchOutcomes, AJobIdIsQueued) {
+  auto o = sbatch(0, "4242\n", "");
+  EXPECT_EQ(o.kind, slurm::SbatchOutcome::Kind::Queued);
+  EXPECT_EQ(o.job_id, "4242");
+  o = sbatch(1, "4243;cluster\n", "sbatch: error: something after the job was queued\n");
+  EXPECT_EQ(o.kind, slurm::SbatchOutcome::Kind::Queued);
+  EXPECT_EQ(o.job_id, "4243");
+}
+
+TEST(SbatchOutcomes, WhatSlurmRejectedIsRefused) {
+  for (const char* err :
+       {"sbatch: error: Batch job submission failed: Invalid account or account/partition combination "
+        "specified",
+        "sbatch: error: Batch job submission failed: Invalid partition name specified",
+        "sbatch: error: Batch job submission failed: Invalid qos specification",
+        "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, "
+        "user's "
+        "size and/or time limits)",
+        "sbatch: error: Batch job submission failed: Requested node configuration is not available",
+        "sbatch: error: Batch job submission failed: Requested time limit is invalid (missing or exceeds "
+        "some limit)",
+        "sbatch: error: Invalid --time specification",
+        "sbatch: error: This does not look like a batch script."}) {
+    const auto o = sbatch(1, "", std::string(err) + "\n");
+    EXPECT_EQ(o.kind, slurm::SbatchOutcome::Kind::Refused) << err;
+    EXPECT_EQ(o.detail, err);
+  }
+  EXPECT_EQ(sbatch(127, "", "").kind, slurm::SbatchOutcome::Kind::Refused);  // never ran
+}
+
+TEST(SbatchOutcomes, SilenceIsUnknown) {
+  for (const char* err :
+       {"sbatch: error: Batch job submission failed: Socket timed out on send/recv operation",
+        "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)",
+        "sbatch: error: Batch job submission failed: Zero Bytes were transmitted or received",
+        "sbatch: error: Batch job submission failed: Connection refused",
+        "sbatch: error: Batch job submission failed: Transport endpoint is not connected",
+        "sbatch: error: Batch job submission failed: Slurm backup controller in standby mode",
+        "sbatch: error: Batch job submission failed: Communication connection failure"}) {
+    EXPECT_EQ(sbatch(1, "", std::string(err) + "\n").kind, slurm::SbatchOutcome::Kind::Unknown) << err;
+  }
+  auto o = sbatch(1, "",
+                  "sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying\n"
+                  "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation\n");
+  EXPECT_EQ(o.kind, slurm::SbatchOutcome::Kind::Unknown);
+  EXPECT_EQ(o.detail.find('\n'), std::string::npos) << o.detail;  // one line
+  o = sbatch(128 + 15, "", "");  // killed (a timeout wrapper, the OOM killer)
+  EXPECT_EQ(o.kind, slurm::SbatchOutcome::Kind::Unknown);
+  EXPECT_TRUE(contains(o.detail, "signal 15")) << o.detail;
+  EXPECT_EQ(sbatch(0, "Submitted batch job 5\n", "").kind, slurm::SbatchOutcome::Kind::Unknown);
+}
