@@ -34,6 +34,7 @@ nlohmann::json run_json(const orchestrator::ExpandedRun& r) {
            r.kind == orchestrator::RunKind::branch ? nlohmann::json(r.branch_point.step) : nlohmann::json()},
           {"branch_tokens", r.kind == orchestrator::RunKind::branch ? nlohmann::json(r.branch_point.tokens)
                                                                     : nlohmann::json()},
+          // What the run key hashes: the values as written ("auto" stays symbolic; "lr" above is the rate).
           {"config", nlohmann::json::parse(r.canonical_json)}};
 }
 
@@ -87,6 +88,7 @@ void add_expand(CLI::App& app) {
     }
     out["total_flops"] = total;            // 6·N_act·D over the grid points (trunks are not grid points)
     out["total_trained_flops"] = trained;  // what the sweep trains, trunks counted once
+    // Exact: load_sweep_file refuses a sweep whose token totals would not fit in int64.
     out["total_tokens"] = sweep.total_tokens();
     out["total_trained_tokens"] = sweep.total_trained_tokens();
     std::cout << out.dump(2) << "\n";

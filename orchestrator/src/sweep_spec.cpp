@@ -13,8 +13,10 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 
 #include "moesweep/input_error.h"
+#include "moesweep/orchestrator/slurm_submit.h"
 
 namespace moesweep::orchestrator {
 namespace {
@@ -58,6 +60,8 @@ struct Value {
       double v = f->get();
       if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 9.0e18)
         return static_cast<std::int64_t>(v);
+      if (std::isfinite(v) && v == std::floor(v))  // a 64-bit count ends at 9.22e18
+        fail("too large: must lie below 9e18, got " + format(v));
       fail("expected a whole number, got " + std::to_string(v));
     }
     fail("expected an integer, got " + type_name(node));
@@ -305,6 +309,64 @@ toml::table parse(const std::string& path) {
   }
 }
 
+// Counts a sweep derives (parameters, its total tokens) are int64, like the values they come from:
+// computed here with overflow checks, so a file whose counts do not fit is refused with its key and
+// line instead of wrapping to a negative number.
+constexpr const char* kInt64Max = "9223372036854775807";
+
+std::optional<std::int64_t> checked_sum(std::optional<std::int64_t> a, std::optional<std::int64_t> b) {
+  std::int64_t sum = 0;
+  if (!a || !b || __builtin_add_overflow(*a, *b, &sum)) return std::nullopt;
+  return sum;
+}
+
+std::optional<std::int64_t> checked_product(std::initializer_list<std::int64_t> factors) {
+  std::int64_t product = 1;
+  for (const std::int64_t f : factors)
+    if (__builtin_mul_overflow(product, f, &product)) return std::nullopt;
+  return product;
+}
+
+// Refuses a shape whose parameter counts (trainer::active_params, trainer::total_params, and the router's
+// d·E·L that the memory estimate adds) leave int64.
+void check_parameter_counts(const std::string& file, const Point& p) {
+  const auto& m = p.config.model;
+  const auto embedding = checked_product({2, m.d_model, m.vocab_size});
+  if (!checked_sum(checked_product({13, m.d_model, m.d_model, m.n_layers}), embedding)) {
+    const std::string key = p.line("d_model") > 0 ? "d_model" : "n_layers";
+    throw InputError::at(file, p.line(key), key,
+                         "d_model " + std::to_string(m.d_model) + " with n_layers " +
+                             std::to_string(m.n_layers) +
+                             ": the active parameter count 13·d²·L + 2·d·V exceeds " + kInt64Max);
+  }
+  std::optional<std::int64_t> total;
+  if (const auto ffn = checked_sum(checked_product({9, m.experts}), 4))
+    total = checked_sum(checked_sum(checked_product({*ffn, m.d_model, m.d_model, m.n_layers}), embedding),
+                        checked_product({m.d_model, m.experts, m.n_layers}));
+  if (!total)
+    throw InputError::at(file, p.line("experts"), "experts",
+                         std::to_string(m.experts) + " experts at d_model " + std::to_string(m.d_model) +
+                             ": the total parameter count (4 + 9E)·d²·L + 2·d·V exceeds " + kInt64Max);
+}
+
+// Σ D over a sweep's grid points as they are read, refused past int64 with the line of the value that
+// overflowed it. Sweep::total_tokens is no more (a point listed twice is one run), nor is
+// Sweep::total_trained_tokens (a trunk and its branches train Σ D less the shorter branch points).
+class TokenTotal {
+ public:
+  void add(const std::string& file, const Point& point, const Point& base) {
+    if (!__builtin_add_overflow(total_, point.config.train.tokens, &total_)) return;
+    const long line = point.line("tokens");
+    throw InputError::at(file, line, line == base.line("tokens") ? "train.tokens" : "grid.tokens",
+                         "with " + std::to_string(point.config.train.tokens) +
+                             " the sweep's runs add up to more than " + kInt64Max +
+                             " tokens, the most a 64-bit count holds");
+  }
+
+ private:
+  std::int64_t total_ = 0;
+};
+
 // Cross-key checks and derived values, once a point is fully assembled.
 void finish_point(const std::string& file, Point& p) {
   RunConfig& c = p.config;
@@ -341,6 +403,7 @@ void finish_point(const std::string& file, Point& p) {
     throw InputError::at(file, p.line("warmup_tokens"), "warmup_tokens",
                          std::to_string(t.warmup_tokens) + " runs past the start of the decay at " +
                              std::to_string(static_cast<std::int64_t>(constant_phase)) + " tokens");
+  check_parameter_counts(file, p);
   if (t.lr_auto) t.lr = trainer::auto_learning_rate(trainer::active_params(m), m.experts);
   if (!(t.lr > 0)) throw InputError::at(file, 0, "train.lr", "missing: a learning rate or \"auto\"");
 }
@@ -528,7 +591,16 @@ void apply_grid_value(const std::string& file, Point& p, const std::string& key,
 
 std::string canonical_json(const RunConfig& c, const std::string& branching) {
   // nlohmann::json objects keep keys sorted, and numbers print in their shortest round-trip form: the
-  // same text on every machine.
+  // same text on every machine. Every value is one the user wrote (or its default), never one a rule
+  // derives by floating-point arithmetic: lr = "auto" is hashed as the rule's name and version, and
+  // c.train.lr, the rate the rule computed, is not read (its last bit differs between builds). A run
+  // with an explicit lr hashes the number exactly as before the rule got a version, so explicitly
+  // written runs kept their keys. Two integers here are derived, both exactly: model.vocab_size (a
+  // table lookup on the tokenizer) and, for a trunk, train.tokens (its largest branch point:
+  // trainer::cooldown_branch_point's floor((1 − f)·D) and comparisons, correctly rounded IEEE
+  // operations with no libm call and no a·b + c a compiler could fuse, so the same on every build).
+  const nlohmann::json lr =
+      c.train.lr_auto ? nlohmann::json(trainer::kAutoLearningRateRule) : nlohmann::json(c.train.lr);
   nlohmann::json j;
   j["data"] = {{"train", c.data.train}, {"val", c.data.val}, {"tokenizer", c.data.tokenizer}};
   j["model"] = {{"d_model", c.model.d_model},
@@ -547,7 +619,7 @@ std::string canonical_json(const RunConfig& c, const std::string& branching) {
                 {"expert_down_fan_in", c.model.expert_down_fan_in}};
   j["train"] = {{"tokens", c.train.tokens},
                 {"batch_tokens", c.train.batch_tokens},
-                {"lr", c.train.lr},
+                {"lr", lr},
                 {"warmup_tokens", c.train.warmup_tokens},
                 {"decay_fraction", c.train.decay_fraction},
                 {"weight_decay", c.train.weight_decay},
@@ -578,17 +650,22 @@ const char* to_string(RunKind kind) {
   return "run";
 }
 
+// load_sweep_file refuses a sweep whose totals leave int64 (TokenTotal), so these overflow only for a
+// Sweep built by hand; they throw then rather than wrap.
 std::int64_t Sweep::total_tokens() const {
-  std::int64_t total = 0;
+  std::optional<std::int64_t> total = 0;
   for (const ExpandedRun& r : runs)
-    if (r.kind != RunKind::trunk) total += r.config.train.tokens;
-  return total;
+    if (r.kind != RunKind::trunk) total = checked_sum(total, r.config.train.tokens);
+  if (!total)
+    throw std::overflow_error(path + ": the sweep's runs add up to more than " + kInt64Max + " tokens");
+  return *total;
 }
 
 std::int64_t Sweep::total_trained_tokens() const {
-  std::int64_t total = 0;
-  for (const ExpandedRun& r : runs) total += r.trained_tokens;
-  return total;
+  std::optional<std::int64_t> total = 0;
+  for (const ExpandedRun& r : runs) total = checked_sum(total, r.trained_tokens);
+  if (!total) throw std::overflow_error(path + ": the sweep's runs train more than " + kInt64Max + " tokens");
+  return *total;
 }
 
 std::string run_key_of(const RunConfig& config, const std::string& branching) {
@@ -646,14 +723,26 @@ Sweep load_sweep_file(const std::string& path) {
         sweep.resources.max_attempts = static_cast<int>(value.integer_at_least(1));
       } else if (k == "heartbeat_timeout_s") {
         sweep.resources.heartbeat_timeout_s = value.positive();
+      } else if (k == "wall_clock") {  // Slurm's time formats, as `sbatch --time` takes them
+        const std::string text = value.string();
+        try {
+          sweep.resources.wall_clock_s = static_cast<double>(slurm::parse_slurm_time(text));
+        } catch (const InputError&) {
+          value.fail("'" + text +
+                     "' is not a Slurm time limit (M, M:S, H:M:S, D-H, D-H:M or D-H:M:S; e.g. \"48:00:00\")");
+        }
+      } else if (k == "rank_flops") {
+        sweep.resources.rank_flops = value.positive();
       } else {
-        value.fail(unknown_key_message(k.str(), {"rank_memory", "max_attempts", "heartbeat_timeout_s"}));
+        value.fail(unknown_key_message(
+            k.str(), {"rank_memory", "max_attempts", "heartbeat_timeout_s", "wall_clock", "rank_flops"}));
       }
     }
   }
 
   std::vector<ExpandedRun> runs;
   std::vector<BranchedPoint> branched;
+  TokenTotal tokens;
   const toml::node* grid = root.get("grid");
   if (!grid) {
     finish_point(path, base);
@@ -683,6 +772,7 @@ Sweep load_sweep_file(const std::string& path) {
           apply_grid_value(path, point, axes[a].key, *axes[a].values[index[a]]);
         finish_point(path, point);
         if (passes_filters(point)) {
+          tokens.add(path, point, base);
           if (branching_line)
             branched.push_back({point.config, path, *branching_line});
           else

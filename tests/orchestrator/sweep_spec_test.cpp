@@ -194,20 +194,171 @@ tokens = [10240]
   EXPECT_EQ(load_sweep_file(path).runs.size(), 3u);
 }
 
-TEST_F(TempFiles, KeysFollowTheResolvedConfigNotHowItWasWritten) {
-  auto sweep_with = [&](const std::string& name, const std::string& train) {
-    return load_sweep_file(write(
-        name, std::string(kData) + "[train]\nbatch_tokens = 1024\nwarmup_tokens = 1024\ntokens = 10240\n" +
-                  train + "\n[[grid]]\nshape = [{d_model = 32, n_layers = 2, n_heads = 2}]\n"));
+// The branching argument of run_key_of that gives a run of this kind its key.
+std::string branching_of(moesweep::orchestrator::RunKind kind) {
+  using moesweep::orchestrator::RunKind;
+  return kind == RunKind::branch ? "cooldown" : kind == RunKind::trunk ? "cooldown-trunk" : "";
+}
+
+// Every number anywhere in a JSON value.
+void numbers_in(const nlohmann::json& j, std::vector<double>& out) {
+  if (j.is_number()) out.push_back(j.get<double>());
+  if (j.is_structured())
+    for (const auto& v : j) numbers_in(v, out);
+}
+
+// A sweep of lr = "auto" runs of every kind: independent runs, and cooldown branches with their trunk.
+const char* kAutoSweep = R"(
+[train]
+batch_tokens = 1024
+warmup_tokens = 1024
+lr = "auto"
+[[grid]]
+shape = [{d_model = 32, n_layers = 2, n_heads = 2}, {d_model = 48, n_layers = 2, n_heads = 2}]
+experts = [1, 4]
+tokens = [10240]
+[[grid]]
+branching = "cooldown"
+shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
+experts = [2]
+tokens = [10240, 20480]
+)";
+
+// Issue 15: with lr = "auto" the computed rate used to be hashed, so a build whose rate differs in the
+// last bit (fused multiply-add, another libm) gave every such run a new key and trained it again.
+TEST_F(TempFiles, AutoLearningRateKeysHashTheRuleNotTheRateItComputes) {
+  const Sweep sweep = load_sweep_file(write("auto.toml", std::string(kData) + kAutoSweep));
+  ASSERT_EQ(sweep.runs.size(), 7u);  // 4 independent runs, 2 branches, 1 trunk
+  for (const auto& r : sweep.runs) {
+    const std::string branching = branching_of(r.kind);
+    ASSERT_GT(r.config.train.lr, 0);
+    ASSERT_TRUE(r.config.train.lr_auto);
+    // The specification names the rule, and the derived rate is nowhere in it.
+    const auto spec = nlohmann::json::parse(r.canonical_json);
+    EXPECT_EQ(spec["train"]["lr"], "auto (rule v1)") << r.canonical_json;
+    std::vector<double> numbers;
+    numbers_in(spec, numbers);
+    for (const double n : numbers) EXPECT_NE(n, r.config.train.lr) << r.canonical_json;
+    EXPECT_EQ(r.run_key, moesweep::orchestrator::run_key_of(r.config, branching));
+    // Another build's rate, one ulp either way, or any other rate: the same specification, the same key.
+    for (const double other : {std::nextafter(r.config.train.lr, 1.0), std::nextafter(r.config.train.lr, 0.0),
+                               2 * r.config.train.lr}) {
+      moesweep::trainer::RunConfig elsewhere = r.config;
+      elsewhere.train.lr = other;
+      EXPECT_EQ(moesweep::orchestrator::canonical_json(elsewhere, branching), r.canonical_json);
+      EXPECT_EQ(moesweep::orchestrator::run_key_of(elsewhere, branching), r.run_key);
+    }
+  }
+  // A run file takes the same path (moesweep train names its checkpoint folder by this key).
+  const auto run =
+      load_run_file(write("run.toml", std::string(kData) + "[train]\ntokens = 10240\nbatch_tokens = 1024\n"
+                                                           "warmup_tokens = 1024\nlr = \"auto\"\n"));
+  moesweep::trainer::RunConfig elsewhere = run;
+  elsewhere.train.lr = std::nextafter(run.train.lr, 1.0);
+  EXPECT_EQ(moesweep::orchestrator::run_key_of(elsewhere), moesweep::orchestrator::run_key_of(run));
+}
+
+TEST_F(TempFiles, KeysFollowWhatTheUserWroteNotHowItWasSpelled) {
+  auto key_with = [&](const std::string& name, const std::string& train) {
+    return load_sweep_file(
+               write(name, std::string(kData) + "[train]\nbatch_tokens = 1024\nwarmup_tokens = 1024\n" +
+                               train + "\n[[grid]]\nshape = [{d_model = 32, n_layers = 2, n_heads = 2}]\n"))
+        .runs[0];
   };
-  const Sweep automatic = sweep_with("auto.toml", "lr = \"auto\"");
-  const double lr = automatic.runs[0].config.train.lr;
+  const auto automatic = key_with("auto.toml", "tokens = 10240\nlr = \"auto\"");
+  // The same values spelled differently: the same key.
+  EXPECT_EQ(key_with("spelled.toml", "tokens = 1.024e4\nlr = \"auto\"").run_key, automatic.run_key);
+  EXPECT_EQ(key_with("a.toml", "tokens = 10240\nlr = 0.001").run_key,
+            key_with("b.toml", "tokens = 10_240\nlr = 1e-3").run_key);
+  // Writing down the rate the rule gives is not writing "auto": a rule version later, it would differ.
   char explicit_lr[64];
-  std::snprintf(explicit_lr, sizeof explicit_lr, "lr = %.17g", lr);
-  EXPECT_EQ(sweep_with("explicit.toml", explicit_lr).runs[0].run_key, automatic.runs[0].run_key);
-  EXPECT_NE(sweep_with("seed.toml", "lr = \"auto\"\nseed = 1").runs[0].run_key, automatic.runs[0].run_key);
-  EXPECT_NE(sweep_with("tokens.toml", "lr = \"auto\"\neval_tokens = 4096").runs[0].run_key,
-            automatic.runs[0].run_key);
+  std::snprintf(explicit_lr, sizeof explicit_lr, "tokens = 10240\nlr = %.17g", automatic.config.train.lr);
+  const auto written = key_with("explicit.toml", explicit_lr);
+  EXPECT_EQ(written.config.train.lr, automatic.config.train.lr);
+  EXPECT_NE(written.run_key, automatic.run_key);
+  // Any other value written: another key.
+  EXPECT_NE(key_with("seed.toml", "tokens = 10240\nlr = \"auto\"\nseed = 1").run_key, automatic.run_key);
+  EXPECT_NE(key_with("eval.toml", "tokens = 10240\nlr = \"auto\"\neval_tokens = 4096").run_key,
+            automatic.run_key);
+  EXPECT_NE(key_with("tokens.toml", "tokens = 11264\nlr = \"auto\"").run_key, automatic.run_key);
+}
+
+// Keys are what a user's database holds: a change to the specification's text makes every finished run
+// look new. The explicit ones were computed before the learning-rate rule had a version in the key (runs
+// written explicitly kept their keys), the others with it (lr = "auto (rule v1)"). Change them only with
+// a note to users that their finished runs will train again.
+TEST_F(TempFiles, KeysOfAPinnedSweepDoNotChange) {
+  const std::string grid = R"(
+[[grid]]
+shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
+experts = [1, 4]
+tokens = [10240]
+[[grid]]
+branching = "cooldown"
+shape = [{d_model = 32, n_layers = 2, n_heads = 2}]
+experts = [2]
+tokens = [10240, 20480]
+)";
+  auto keys_of = [&](const std::string& name, const std::string& lr) {
+    const Sweep sweep = load_sweep_file(write(
+        name,
+        std::string(kData) + "[train]\nbatch_tokens = 1024\nwarmup_tokens = 1024\n" + lr + "\n" + grid));
+    std::map<std::string, std::string> out;  // "kind E D" → key
+    for (const auto& r : sweep.runs)
+      out[std::string(moesweep::orchestrator::to_string(r.kind)) + " " +
+          std::to_string(r.config.model.experts) + " " + std::to_string(r.config.train.tokens)] = r.run_key;
+    return out;
+  };
+  EXPECT_EQ(keys_of("explicit.toml", "lr = 0.001"),
+            (std::map<std::string, std::string>{
+                {"run 1 10240", "dfa1ffcbf030f08b73bcc7621827ac4c104a136bd487d2397edbddaf089de931"},
+                {"run 4 10240", "f45e9f8115b54b018baf992240600de249fcf8f66ebbf25ebc515fd63dc5adb9"},
+                {"branch 2 10240", "ec47b3ec6a48d7d66b98ead7c13a7aa1b6ae7b5d352520d6e319102a086e2194"},
+                {"branch 2 20480", "72f24e1c9bfa50c2914e984c163a7d11ec39d49b2813464495e57249bf2366db"},
+                {"trunk 2 16384", "bceccbd94d4f7318b62bc6b47c1d7185c21cf8befe51d3511c908d71201406b9"}}));
+  EXPECT_EQ(keys_of("auto.toml", "lr = \"auto\""),
+            (std::map<std::string, std::string>{
+                {"run 1 10240", "d3e5afd219213f1eadc1975ee2493ade69ce20d81a4f5d4ad2097f100f5805ac"},
+                {"run 4 10240", "7def205de148c16b262e36e73546bb06202903f439709dafe19d5c84ddffdc10"},
+                {"branch 2 10240", "6fa5591a09fbb01bf10ef424bf69b36231562357c5c6d0df871824c3bf2de3db"},
+                {"branch 2 20480", "ccb861ee7acd28764b4a0bb9b01589743970725969e37023847581c4728e539d"},
+                {"trunk 2 16384", "fd58cb0dc01312c21e5249be84133dab9a2decc455852f8f6a433b59c0681258"}}));
+}
+
+// Issue 15: tokens = [5e18, 6e18] printed total_tokens −7446744073709551616. Each D fits in int64, their
+// sum does not: the file is refused at the value that overflows it; a sum that fits is exact.
+TEST_F(TempFiles, TokenTotalsAreExactOrTheFileIsRefused) {
+  auto sweep_with = [&](const std::string& name, const std::string& tokens) {
+    return write(name, std::string(kData) +
+                           "[train]\nbatch_tokens = 1024\nlr = 0.001\n[[grid]]\n"
+                           "shape = [{d_model = 32, n_layers = 2, n_heads = 2}]\ntokens = " +
+                           tokens + "\n");
+  };
+  const std::string over = sweep_with("over.toml", "[5e18, 6e18]");
+  try {
+    load_sweep_file(over);
+    FAIL() << "a sweep of 1.1e19 tokens was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(
+        std::string(e.what()).find("over.toml:9: grid.tokens: with 6000000000000000000 the sweep's runs add "
+                                   "up to more than 9223372036854775807 tokens"),
+        std::string::npos)
+        << e.what();
+  }
+  const CommandResult refused = run_command("expand --json " + over);
+  EXPECT_EQ(refused.status, 2);
+  EXPECT_TRUE(refused.out.empty()) << refused.out;
+  EXPECT_EQ(std::count(refused.err.begin(), refused.err.end(), '\n'), 1) << refused.err;
+
+  const std::string fits = sweep_with("fits.toml", "[4.6e18, 4_600_000_000_000_000_001]");
+  const Sweep sweep = load_sweep_file(fits);
+  EXPECT_EQ(sweep.total_tokens(), 9'200'000'000'000'000'001);
+  EXPECT_EQ(sweep.total_trained_tokens(), 9'200'000'000'000'000'001);
+  const CommandResult printed = run_command("expand --json " + fits);
+  ASSERT_EQ(printed.status, 0) << printed.err;
+  const auto json = nlohmann::json::parse(printed.out);
+  EXPECT_EQ(json["total_tokens"].get<std::int64_t>(), 9'200'000'000'000'000'001);
+  EXPECT_EQ(json["total_trained_tokens"].get<std::int64_t>(), 9'200'000'000'000'000'001);
 }
 
 TEST_F(TempFiles, FiltersDropTheRunsTheyName) {

@@ -28,7 +28,7 @@ const char* to_string(RunKind kind);  // "run", "trunk", "branch" (the store's `
 
 struct ExpandedRun {
   std::string run_key;         // SHA-256 (hex) of canonical_json
-  std::string canonical_json;  // the resolved config, keys sorted, no whitespace (+ "branching" if any)
+  std::string canonical_json;  // the run's specification (see canonical_json below)
   trainer::RunConfig config;   // independent and branch: the run's own config; trunk: the trunk's
   std::int64_t n_act = 0;
   std::int64_t n_total = 0;
@@ -50,6 +50,11 @@ struct Resources {
   std::int64_t rank_memory_bytes = 0;  // one rank's memory budget; 0 = no limit
   int max_attempts = 3;                // tries of a run that throws before it is left failed
   double heartbeat_timeout_s = 300;    // a silent worker's run is requeued after this
+  // Gangs sized by time (scheduler.h): one allocation's time limit (wall_clock, a Slurm time such as
+  // "48:00:00") and the FLOP/s one rank sustains (rank_flops, measured or stated; 6·N_act FLOPs per
+  // token). A run one rank cannot finish within the wall clock gets the smallest gang that can. 0: not stated.
+  double wall_clock_s = 0;
+  double rank_flops = 0;
 };
 
 struct Sweep {
@@ -58,6 +63,9 @@ struct Sweep {
   Resources resources;
   std::vector<ExpandedRun> runs;  // canonical order: by FLOPs, then N_act, E, D, kind, key
 
+  // load_sweep_file refuses (InputError, naming the file, line and key) a sweep whose grid points add up
+  // to more tokens than int64 holds, so these never overflow for a loaded sweep; for one built by hand
+  // they throw std::overflow_error rather than wrap.
   std::int64_t total_tokens() const;          // Σ D over the runs that are grid points (not trunks)
   std::int64_t total_trained_tokens() const;  // Σ trained_tokens over every run, trunks included
 };
@@ -65,9 +73,18 @@ struct Sweep {
 trainer::RunConfig load_run_file(const std::string& path);
 Sweep load_sweep_file(const std::string& path);
 
-// The canonical serialisation a run key hashes, and the key itself. `branching` ("" for an independent
-// run, "cooldown" for a branch, "cooldown-trunk" for a trunk) becomes a top-level key when given, so a
-// branch and the equivalent independent run have different keys.
+// A run's specification, the canonical JSON its key hashes (keys sorted, no whitespace), and the key
+// itself. The specification holds what the user wrote (the sweep's defaults and the grid point's
+// values; the same value written as 2e9 or 2_000_000_000 is the same), never a value a rule derives
+// from it by floating-point arithmetic: with lr = "auto" (config.train.lr_auto) the learning rate is
+// the rule's name and version, trainer::kAutoLearningRateRule, and config.train.lr is not read, because
+// the rate trainer::auto_learning_rate computes can differ in its last bit from build to build (fused
+// multiply-add, another libm) and the key must not. So a grid point has the same key on every machine
+// and build. A run whose learning rate is written as a number keeps the key it had before the rule got
+// a version. `branching` ("" for an independent run, "cooldown" for a branch, "cooldown-trunk" for a
+// trunk) becomes a top-level key when given, so a branch and the equivalent independent run have
+// different keys; a trunk's train.tokens is its largest branch point (an exact integer, the same on
+// every build).
 std::string canonical_json(const trainer::RunConfig& config, const std::string& branching = "");
 std::string run_key_of(const trainer::RunConfig& config, const std::string& branching = "");
 
