@@ -49,6 +49,17 @@ nlohmann::json row_json(const db::StatusRow& r) {
           {"trained_tokens", r.trained_tokens}};
 }
 
+double unix_now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// The coordinator that owns the sweep now (a lease that holds), for "who runs this" and --take-over.
+std::optional<db::Lease> owner_of(const db::Store& store, const std::string& sweep) {
+  auto lease = store.sweep_lease(sweep);
+  if (!lease || lease->broken || lease->expires_at <= unix_now()) return std::nullopt;
+  return lease;
+}
+
 std::string render_json(const db::Store& store, const std::optional<std::string>& sweep) {
   const auto rows = store.status(sweep);
   const auto p = orchestrator::summarize(rows);
@@ -59,10 +70,17 @@ std::string render_json(const db::Store& store, const std::optional<std::string>
     if (!sweep || s.name == *sweep) {
       // The job's state from squeue/sacct where they are on the PATH; null otherwise.
       const auto state = orchestrator::slurm::job_state(s.slurm_job_id);
+      nlohmann::json owner;  // null: no coordinator holds the sweep now
+      if (const auto lease = owner_of(store, s.name))
+        owner = {{"host", lease->owner.host},
+                 {"pid", lease->owner.pid},
+                 {"slurm_job_id", lease->owner.slurm_job_id},
+                 {"lease_expires_at", lease->expires_at}};
       out["sweeps"].push_back({{"name", s.name},
                                {"spec_path", s.spec_path},
                                {"slurm_job_id", s.slurm_job_id},
-                               {"slurm_state", state ? nlohmann::json(*state) : nlohmann::json()}});
+                               {"slurm_state", state ? nlohmann::json(*state) : nlohmann::json()},
+                               {"owner", owner}});
     }
   out["runs_total"] = p.runs;
   out["counts"] = p.runs_by_state;
@@ -91,6 +109,8 @@ std::string render_text(const db::Store& store, const std::optional<std::string>
       if (const auto state = orchestrator::slurm::job_state(s.slurm_job_id)) o << ": " << *state;
       o << ")";
     }
+    if (const auto lease = owner_of(store, s.name))
+      o << " owned by " << lease->owner.host << " pid " << lease->owner.pid;
   }
   o << "\n";
 

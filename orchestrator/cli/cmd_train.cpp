@@ -19,6 +19,7 @@
 #include "moesweep/input_error.h"
 #include "moesweep/orchestrator/sweep_spec.h"
 #include "moesweep/trainer/trainer.h"
+#include "rank_placement.h"
 
 namespace moesweep::cli {
 namespace {
@@ -32,6 +33,7 @@ struct TrainCommandOptions {
   bool resume = false;
   bool json = false;
   std::string device = "cpu";
+  int gpus_per_node = 0;  // 0: the GPUs CUDA shows this process
   int threads = 0;
 };
 
@@ -133,7 +135,15 @@ void run_train(const TrainCommandOptions& options) {
           : std::filesystem::path(options.checkpoint_dir);
   train_options.resume = options.resume;
   train_options.communicator = mpi.communicator();
-  train_options.device = options.device;
+  // Every rank trains, each on a GPU of its own ("cuda" becomes cuda:<its index on its node>). A layout
+  // with two ranks on one GPU is refused by every rank alike; rank 0 alone says why.
+  try {
+    train_options.device = orchestrator::place_on_gpu(options.device, mpi.communicator(),
+                                                      orchestrator::kNoCoordinator, options.gpus_per_node);
+  } catch (const InputError&) {
+    if (printing) throw;
+    throw ExitStatus{2};
+  }
   train_options.threads = options.threads;
 
   for (const int signal_number : {SIGTERM, SIGUSR1, SIGINT}) std::signal(signal_number, request_stop);
@@ -201,8 +211,14 @@ void add_train(CLI::App& app) {
   command->add_flag("--resume", options->resume,
                     "continue from the newest valid checkpoint, if there is one");
   command->add_flag("--json", options->json, "print the result as one JSON object on the last stdout line");
-  command->add_option("--device", options->device, "cpu, cuda or cuda:N (CUDA trains in bf16)")
+  command
+      ->add_option("--device", options->device,
+                   "cpu, cuda (each rank a GPU of its own on its node) or cuda:N (CUDA trains in bf16)")
       ->capture_default_str();
+  command
+      ->add_option("--gpus-per-node", options->gpus_per_node,
+                   "--device cuda: GPUs per node; default: the devices CUDA shows this process")
+      ->check(kPositive);
   command
       ->add_option("--threads", options->threads,
                    "intra-op CPU threads (0: LibTorch's default). Resume bit-identically with the same count")

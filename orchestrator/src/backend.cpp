@@ -5,8 +5,6 @@
 #include <fstream>
 #include <thread>
 
-#include <torch/cuda.h>
-
 #include <cstdlib>
 
 #include "moesweep/analysis/law.h"
@@ -18,17 +16,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-// "cuda" means one GPU per worker: the rank's index on its node (from the launcher) modulo the node's GPUs.
-// On the coordinator's node that still gives every worker a GPU of its own when there are GPUs + 1 ranks.
-std::string device_of_this_rank(const std::string& device) {
-  if (device != "cuda") return device;
-  const auto gpus = static_cast<long>(torch::cuda::device_count());
-  if (gpus == 0) return device;  // the trainer says there is no GPU
-  for (const char* variable : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"})
-    if (const char* local = std::getenv(variable)) return "cuda:" + std::to_string(std::atol(local) % gpus);
-  return device;
-}
 
 int rank_in(MPI_Comm comm) {
   int rank = 0;
@@ -84,7 +71,8 @@ class TorchBackend : public Backend {
  public:
   explicit TorchBackend(const SweepRunOptions& options) : options_(options) {}
 
-  WorkResult train(const ExpandedRun& run, const fs::path& run_dir, MPI_Comm gang, WorkObserver& observer) override {
+  WorkResult train(const ExpandedRun& run, const fs::path& run_dir, std::int64_t attempt, MPI_Comm gang,
+                   WorkObserver& observer) override {
     struct Adapter : trainer::TrainingObserver {
       WorkObserver& out;
       explicit Adapter(WorkObserver& o) : out(o) {}
@@ -98,11 +86,14 @@ class TorchBackend : public Backend {
     topt.checkpoint_dir = run_dir / "checkpoints";
     topt.resume = true;  // from the newest valid checkpoint when an earlier attempt left one
     topt.communicator = gang;
-    topt.device = device_of_this_rank(options_.device);
+    topt.device = options_.device;  // "cuda:K": `moesweep run` placed this rank (placement.h)
     topt.threads = options_.threads;
+    topt.may_write_checkpoints = [run_dir, attempt] { return run_dir_owned_by(run_dir, attempt); };
     WorkResult result;
     try {
       fs::create_directories(topt.checkpoint_dir);
+      if (rank_in(gang) == 0) fence_run_dir(run_dir, attempt);
+      if (gang != MPI_COMM_NULL) MPI_Barrier(gang);
       if (run.kind == RunKind::trunk) {
         topt.keep_dir = branch_points_dir(options_.workdir, run.run_key);
         for (const auto& point : run.branch_points) topt.keep_checkpoints_at_tokens.push_back(point.tokens);
@@ -123,6 +114,9 @@ class TorchBackend : public Backend {
       result.seconds = r.seconds;
       result.resumed_from_step = r.resumed_from_step;
       result.message = r.message;
+    } catch (const trainer::Superseded& e) {
+      result.outcome = "superseded";
+      result.message = e.what();
     } catch (const trainer::UnusableCheckpoint& e) {
       result.outcome = "blocked";
       result.message = std::string("trunk checkpoint unusable: ") + e.what();
@@ -139,9 +133,9 @@ class TorchBackend : public Backend {
   SweepRunOptions options_;
 };
 
-// Sleeps for the run's cost at a nominal throughput times the time scale, in heartbeat-sized slices,
-// and reports the loss the published law predicts. Progress "checkpoints" are a one-line file, so a
-// killed simulated sweep resumes exactly like a real one.
+// Sleeps for the run's cost at a nominal throughput per rank (a gang of k ranks k times as fast) times
+// the time scale, in heartbeat-sized slices, and reports the loss the published law predicts. Progress
+// "checkpoints" are a one-line file, so a killed simulated sweep resumes exactly like a real one.
 class SimulateBackend : public Backend {
  public:
   explicit SimulateBackend(const SweepRunOptions& options) : options_(options) {}
@@ -149,9 +143,17 @@ class SimulateBackend : public Backend {
   // An H100 at about 40% of its bf16 peak.
   static constexpr double kNominalFlopsPerSecond = 4e14;
 
-  WorkResult train(const ExpandedRun& run, const fs::path& run_dir, MPI_Comm gang, WorkObserver& observer) override {
+  WorkResult train(const ExpandedRun& run, const fs::path& run_dir, std::int64_t attempt, MPI_Comm gang,
+                   WorkObserver& observer) override {
     try {
+      if (rank_in(gang) == 0) fence_run_dir(run_dir, attempt);
+      may_publish_ = [run_dir, attempt] { return run_dir_owned_by(run_dir, attempt); };
       return simulate(run, run_dir, gang, observer);
+    } catch (const trainer::Superseded& e) {
+      WorkResult result;
+      result.outcome = "superseded";
+      result.message = e.what();
+      return result;
     } catch (const std::exception& e) {  // as the torch backend: the run fails, the rank goes on
       WorkResult result;
       result.outcome = "failed";
@@ -176,8 +178,11 @@ class SimulateBackend : public Backend {
     };
     const std::int64_t checkpoint_steps =
         std::max<std::int64_t>(1, cfg.train.checkpoint_every_tokens / batch);
+    // A gang of k ranks trains k times as fast (perfect data-parallel scaling, as the scheduler assumes).
+    int gang_ranks = 1;
+    if (gang != MPI_COMM_NULL) MPI_Comm_size(gang, &gang_ranks);
     const double seconds_per_step = 6.0 * static_cast<double>(run.n_act) * static_cast<double>(batch) /
-                                    kNominalFlopsPerSecond * options_.time_scale;
+                                    (kNominalFlopsPerSecond * gang_ranks) * options_.time_scale;
     const fs::path progress_file = run_dir / "simulate.progress";
 
     WorkResult result;
@@ -257,12 +262,13 @@ class SimulateBackend : public Backend {
            std::to_string(point.tokens);
   }
   // Throws with the file and the system's reason (a full disk, say); the run then fails with that line.
-  static void save_line(const fs::path& file, const std::string& line) {
+  void save_line(const fs::path& file, const std::string& line) {
     fs::create_directories(file.parent_path());
     const std::string text = line + "\n";
-    trainer::write_file_atomically(file, {{text.data(), text.size()}});
+    trainer::write_file_atomically(file, {{text.data(), text.size()}}, may_publish_);
   }
   SweepRunOptions options_;
+  std::function<bool()> may_publish_;
 };
 
 }  // namespace
@@ -277,6 +283,26 @@ fs::path branch_point_path(const std::string& workdir, const std::string& trunk_
 
 fs::path branch_point_file(const std::string& workdir, const ExpandedRun& branch) {
   return branch_point_path(workdir, branch.trunk_key, branch.branch_point.step);
+}
+
+void fence_run_dir(const fs::path& run_dir, std::int64_t attempt) {
+  fs::create_directories(run_dir);
+  const std::string text = std::to_string(attempt) + "\n";
+  trainer::write_file_atomically(run_dir / "attempt", {{text.data(), text.size()}});
+  // Temporary files of earlier attempts (a torn checkpoint of a killed rank) are debris now: their
+  // writers, if still alive, are fenced and would not publish them.
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(run_dir, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
+    if (it->is_regular_file(ec) && it->path().filename().string().find(trainer::kTemporarySuffix) != std::string::npos)
+      fs::remove(it->path(), ec);
+  }
+}
+
+bool run_dir_owned_by(const fs::path& run_dir, std::int64_t attempt) {
+  std::ifstream in(run_dir / "attempt");
+  std::int64_t owner = 0;
+  return in >> owner && owner == attempt;
 }
 
 std::unique_ptr<Backend> make_backend(const SweepRunOptions& options) {

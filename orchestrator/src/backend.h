@@ -46,13 +46,23 @@ class WorkObserver {
 class Backend {
  public:
   virtual ~Backend() = default;
-  // `gang` is the run's data-parallel communicator (MPI_COMM_NULL for one rank). Never throws: a run
-  // that cannot be trained comes back as outcome "failed" with its message.
-  virtual WorkResult train(const ExpandedRun& run, const std::filesystem::path& run_dir, MPI_Comm gang,
-                           WorkObserver& observer) = 0;
+  // `gang` is the run's data-parallel communicator (MPI_COMM_NULL for one rank); `attempt` the store's
+  // attempt id. The gang's leader first fences the run directory (fence_run_dir); checkpoints are then
+  // published only while it still names this attempt, and an attempt fenced meanwhile ends with outcome
+  // "superseded" without writing. Never throws: a run that cannot be trained comes back as outcome
+  // "failed" with its message.
+  virtual WorkResult train(const ExpandedRun& run, const std::filesystem::path& run_dir, std::int64_t attempt,
+                           MPI_Comm gang, WorkObserver& observer) = 0;
 };
 
 std::unique_ptr<Backend> make_backend(const SweepRunOptions& options);
+
+// Fencing by the run directory: RUN_DIR/attempt names the attempt that owns the run now. A new attempt
+// writes it (atomically) before anything else and removes the temporary files earlier attempts left;
+// run_dir_owned_by is asked before every file the attempt publishes, so an attempt declared dead (a
+// silent rank, a lapsed lease) can never overwrite what its successor wrote.
+void fence_run_dir(const std::filesystem::path& run_dir, std::int64_t attempt);
+bool run_dir_owned_by(const std::filesystem::path& run_dir, std::int64_t attempt);
 
 // Where a trunk keeps its branch-point checkpoints: WORKDIR/<trunk key>/branch-points/ckpt-<step>.pt
 // (never rotated away; `moesweep run` deletes them once the trunk and all its branches are done). A branch

@@ -7,18 +7,24 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <limits>
+#include <fstream>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
 
 #include "backend.h"
 #include "moesweep/db/store.h"
+#include "moesweep/input_error.h"
+#include "moesweep/orchestrator/lease.h"
+#include "moesweep/orchestrator/scheduler.h"
 #include "moesweep/orchestrator/sweep_spec.h"
 
 namespace moesweep::orchestrator {
@@ -40,7 +46,7 @@ void install_signal_handlers() {
   sigaction(SIGUSR1, &action, nullptr);
 }
 
-enum Tag : int { kReady = 1, kHeartbeat = 2, kResult = 3, kAssign = 10, kStop = 11, kShutdown = 12 };
+enum Tag : int { kReady = 1, kHeartbeat = 2, kResult = 3, kAlive = 4, kAssign = 10, kStop = 11, kShutdown = 12 };
 
 void send(int to, Tag tag, const json& message) {
   const std::string text = message.dump();
@@ -111,7 +117,111 @@ double process_cpu_seconds() {
 
 fs::path run_dir(const SweepRunOptions& o, const ExpandedRun& run) { return fs::path(o.workdir) / run.run_key; }
 
-// The scheduling and bookkeeping half of rank 0, shared by the MPI loop and the serial loop.
+// Keeps the coordinator's lease alive from its own thread and connection, so that nothing the main
+// thread does (a long serial eval, a slow store write) lets it lapse. When a renewal finds the lease
+// broken, another coordinator has taken the sweep: lost() turns true and the coordinator must stop.
+class LeaseKeeper {
+ public:
+  LeaseKeeper(std::string db_path, std::int64_t lease_id, double ttl_s)
+      : db_path_(std::move(db_path)), lease_id_(lease_id), ttl_s_(ttl_s), thread_([this] { loop(); }) {}
+  ~LeaseKeeper() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+  }
+  bool lost() const { return lost_.load(); }
+
+ private:
+  void loop() {
+    const auto every = std::chrono::duration<double>(std::max(0.1, ttl_s_ / 6));
+    std::optional<db::Store> store;
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (!wake_.wait_for(lock, every, [this] { return done_; })) {
+      try {
+        if (!store) store.emplace(db::Store::open(db_path_));
+        if (!store->renew_lease(lease_id_, ttl_s_, unix_now())) {
+          lost_.store(true);
+          return;
+        }
+      } catch (const std::exception& e) {  // a busy or unreachable store: try again at the next tick
+        std::fprintf(stderr, "moesweep run: could not renew the sweep's lease: %s\n", e.what());
+        store.reset();
+      }
+    }
+  }
+  std::string db_path_;
+  std::int64_t lease_id_;
+  double ttl_s_;
+  std::atomic<bool> lost_{false};
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+// Takes the sweep's lease, or throws InputError naming its live owner (lease.h has the rules).
+std::int64_t acquire_lease(db::Store& store, const std::string& sweep, const SweepRunOptions& options) {
+  const db::LeaseOwner me = this_process_owner();
+  // A holder on this host may be on its way out: a rank outlives a killed mpirun by a second or so
+  // (each rank has a process group of its own), and a user runs the same command again at once.
+  const auto patience = Clock::now() + std::chrono::seconds(5);
+  while (true) {
+    const auto held = store.sweep_lease(sweep);
+    HolderFacts facts;
+    if (held && held->owner.host == me.host) {
+      facts.on_this_host = true;
+      facts.process_gone = !process_alive(held->owner.pid, held->owner.pid_start);
+    }
+    const double now = unix_now();
+    const LeaseDecision d = decide_lease(sweep, held, me, facts, now, options.take_over);
+    if (d.action == LeaseDecision::Action::refuse && facts.on_this_host && Clock::now() < patience) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      continue;
+    }
+    if (d.action == LeaseDecision::Action::refuse) throw InputError(d.message);
+    if (d.action == LeaseDecision::Action::wait) {
+      std::fprintf(stderr, "moesweep run: %s\n", d.message.c_str());
+      std::this_thread::sleep_for(std::chrono::duration<double>(std::max(0.05, d.wait_until - now + 0.05)));
+      continue;
+    }
+    const std::optional<std::int64_t> take =
+        d.action == LeaseDecision::Action::take_over ? std::optional(held->id) : std::nullopt;
+    const auto got = store.acquire_sweep(sweep, me, options.lease_s, now, take, d.message);
+    if (!got.lease_id) continue;  // another coordinator moved first: look again
+    if (!d.message.empty()) {
+      std::fprintf(stderr, "moesweep run: took sweep '%s' over: %s\n", sweep.c_str(), d.message.c_str());
+      store.add_event("take_over", "lease " + std::to_string(*got.lease_id) + ": " + d.message);
+    }
+    return *got.lease_id;
+  }
+}
+
+// The scheduler's options for this job. The simulate backend's clock runs time_scale wall seconds per
+// nominal second, while the coordinator's clock (its deadline, the throughput it measures) is the wall
+// clock: the stated wall_clock and rank_flops are nominal, so they go into wall time too, or the first
+// measured throughput would meet a wall clock 1/time_scale times too long and shrink every gang.
+scheduling::SchedulerOptions scheduler_options(const SweepRunOptions& options, const Resources& resources) {
+  scheduling::SchedulerOptions o = scheduling::scheduler_options(resources);
+  if (options.backend == "simulate" && options.time_scale > 0) {
+    o.wall_clock_s *= options.time_scale;
+    o.rank_flops /= options.time_scale;
+  }
+  return o;
+}
+
+// FLOPs of `run`'s own training (ExpandedRun::trained_flops) up to token position `tokens`.
+double trained_flops_at(const ExpandedRun& run, std::int64_t tokens) {
+  const std::int64_t from = run.kind == RunKind::branch ? run.branch_point.tokens : 0;
+  const auto own = std::clamp<std::int64_t>(tokens - from, 0, run.trained_tokens);
+  return 6.0 * static_cast<double>(run.n_act) * static_cast<double>(own);
+}
+
+// The bookkeeping half of rank 0, shared by the MPI loop and the serial loop. What to start, on how many
+// ranks, and what becomes of runs that cannot start is the scheduler's (scheduler.h); this class gathers
+// its snapshot (states, the branch points on disk, the clock) and applies its decisions to the store.
 class Coordinator {
  public:
   struct Assignment {
@@ -121,103 +231,104 @@ class Coordinator {
   };
 
   Coordinator(const SweepRunOptions& options, Sweep sweep, int world_size)
-      : options_(options), sweep_(std::move(sweep)), store_(db::Store::open(options.db_path)) {
+      : options_(options),
+        sweep_(std::move(sweep)),
+        store_(db::Store::open(options.db_path)),
+        scheduler_(scheduling::run_facts(sweep_), scheduler_options(options, sweep_.resources)),
+        worker_ranks_(std::max(1, world_size - 1)) {
     std::vector<db::RunSpec> specs;
     for (const auto& r : sweep_.runs) specs.push_back(to_run_spec(r));
+    // The lease first: registering changes the sweep's runs, which only its owner may do.
+    if (!store_.sweep(sweep_.name)) store_.register_sweep(sweep_.name, options.sweep_path, {});
+    lease_id_ = acquire_lease(store_, sweep_.name, options_);
+    keeper_.emplace(options_.db_path, lease_id_, options_.lease_s);
     const auto added = store_.register_sweep(sweep_.name, options.sweep_path, specs);
-    const auto requeued = store_.requeue_interrupted("lost: the job ended while the run was running");
+    // Only attempts whose coordinator's lease has lapsed: another coordinator's live runs stay its own.
+    const auto requeued =
+        store_.requeue_lapsed("lost: the job ended while the run was running (its lease lapsed)", unix_now());
     if (options.retry_failed) store_.reopen_runs(sweep_.name, "failed");
     if (options.retry_diverged) store_.reopen_runs(sweep_.name, "diverged");
     store_.add_event("job_start", "sweep '" + sweep_.name + "' on " + std::to_string(world_size) + " ranks; " +
                                       std::to_string(added) + " new runs, " + std::to_string(requeued) +
                                       " interrupted runs requeued");
 
-    std::map<std::string, std::string> state;
-    for (const auto& row : store_.status(sweep_.name)) state[row.run_key] = row.state;
-    const int workers = std::max(1, world_size - 1);
+    std::map<std::string, const db::StatusRow*> rows;
+    const std::vector<db::StatusRow> status = store_.status(sweep_.name);
+    for (const auto& row : status) rows[row.run_key] = &row;
     state_.resize(sweep_.runs.size());
+    flops_done_.resize(sweep_.runs.size());
     for (std::size_t i = 0; i < sweep_.runs.size(); ++i) {
-      const std::string& s = state_[i] = state[sweep_.runs[i].run_key];
-      if (s == "pending" || s == "preempted") queue_.push_back(i);
-      if (s == "failed" || s == "diverged") ++left_failed_;
-      if (sweep_.runs[i].kind == RunKind::trunk) trunk_index_[sweep_.runs[i].run_key] = i;
-    }
-    // Trunks first, then longest first: cost is proportional to 6·N_act·(tokens trained) at a common
-    // throughput.
-    std::stable_sort(queue_.begin(), queue_.end(),
-                     [&](std::size_t a, std::size_t b) { return before(a, b); });
-    for (std::size_t i = 0; i < sweep_.runs.size(); ++i) {  // every run: a done trunk may be reopened
       const ExpandedRun& run = sweep_.runs[i];
-      const auto memory = estimate_memory(run);
-      const int ranks = gang_size(memory, static_cast<double>(sweep_.resources.rank_memory_bytes), workers);
-      gang_[i] = ranks;
-      // A run no gang can train: its replicated state alone exceeds rank_memory, or the gang its memory
-      // needs is more ranks than its smallest batch has routing groups (ranks take whole groups).
-      if (ranks == 0) {
-        unschedulable_[i] = "needs " + std::to_string(static_cast<long long>(memory.replicated_bytes / 1e9)) +
-                            " GB of parameters and optimizer state per rank; [resources] rank_memory is " +
-                            std::to_string(sweep_.resources.rank_memory_bytes / 1000000000) + " GB";
-      } else if (const auto problem = trainer::data_parallel_problem(run.config, ranks); !problem.empty()) {
-        unschedulable_[i] =
-            "[resources] rank_memory needs a gang of " + std::to_string(ranks) + " ranks, but " + problem;
-      }
+      const auto row = rows.find(run.run_key);
+      std::string& s = state_[i] = row == rows.end() ? "" : row->second->state;
+      // What its checkpoints hold, about: the store's progress is as of its last heartbeat.
+      if (s != "running" && row != rows.end()) flops_done_[i] = row->second->progress * run.trained_flops;
+      // A run another live coordinator is training (a run shared with its sweep) is queued here too:
+      // claiming it fails until that coordinator has finished it or its lease lapses.
+      if (s == "running") s = "pending";
+      if (s == "failed" || s == "diverged") ++left_failed_;
+      if (run.kind == RunKind::trunk) trunk_index_[run.run_key] = i;
     }
     for (const auto& [key, t] : trunk_index_) delete_branch_points_once_family_done(t);  // an earlier job's
     if (const char* end = std::getenv("SLURM_JOB_END_TIME"); end && !options_.deadline) deadline_ = std::atof(end);
     if (options_.deadline) deadline_ = *options_.deadline;
+    const std::size_t to_train = queued_runs();
     std::fprintf(stderr, "moesweep run: sweep '%s': %zu runs, %zu to train, %zu done, on %d rank(s)\n",
-                 sweep_.name.c_str(), sweep_.runs.size(), queue_.size(),
-                 sweep_.runs.size() - queue_.size() - static_cast<std::size_t>(left_failed_), world_size);
+                 sweep_.name.c_str(), sweep_.runs.size(), to_train,
+                 sweep_.runs.size() - to_train - static_cast<std::size_t>(left_failed_), world_size);
   }
 
   const Sweep& sweep() const { return sweep_; }
-  bool queue_empty() const { return queue_.empty(); }
+  bool waiting_elsewhere() const { return !elsewhere_.empty(); }
+  bool queue_empty() const { return queued_runs() == 0; }
 
-  // The first run in queue order (trunks, then the longest) that fits `idle` ranks, is ready (a branch
-  // needs its trunk's checkpoint) and can reach its next checkpoint before the deadline.
+  // The run to start on `idle` ranks (the first of them `first_rank`), if any: asks the scheduler until
+  // it starts a run or waits, applying each decision on the way (a failure recorded, a trunk reopened, a
+  // run another coordinator holds looked at again later).
   std::optional<Assignment> next(int idle, int first_rank) {
-    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
-      const std::size_t i = *it;
-      const int ranks = gang_[i];
-      if (unschedulable_.count(i)) {
-        fail_unschedulable(i);
-        queue_.erase(it);
-        return next(idle, first_rank);
-      }
-      if (ranks > idle) continue;
-      if (sweep_.runs[i].kind == RunKind::branch) {
-        const Readiness r = readiness(i);
-        if (r == Readiness::waiting) continue;
-        if (r == Readiness::trunk_reopened) return next(idle, first_rank);  // the queue changed
-        if (r == Readiness::never) {
-          queue_.erase(it);
-          fail_orphaned_branch(i);
-          return next(idle, first_rank);
-        }
-      }
-      if (!reaches_checkpoint_before_deadline(sweep_.runs[i], ranks)) continue;
-      queue_.erase(it);
-      const auto attempt = store_.start_attempt(sweep_.runs[i].run_key, first_rank, ranks, host_name());
-      state_[i] = "running";
-      return Assignment{i, attempt, ranks};
-    }
-    return std::nullopt;
-  }
-
-  // Runs that cannot start before the deadline stay pending for the next job. A branch still waiting for
-  // its trunk's checkpoint counts as blocked: only its trunk (in the queue too) can unblock it.
-  bool deadline_blocks_everything() const {
-    if (!deadline_) return false;
-    for (std::size_t i : queue_) {
-      if (sweep_.runs[i].kind == RunKind::branch && !ready_.count(i) &&
-          !fs::exists(branch_point_file(options_.workdir, sweep_.runs[i])))
+    using Action = scheduling::Decision::Action;
+    while (true) {
+      const scheduling::Decision d = scheduler_.decide(snapshot(idle));
+      if (d.action == Action::wait) return std::nullopt;
+      if (d.action == Action::fail) {
+        fail(d);
         continue;
-      if (reaches_checkpoint_before_deadline(sweep_.runs[i], gang_.at(i))) return false;
+      }
+      if (d.action == Action::reopen_trunk) {
+        reopen_trunk(d);
+        continue;
+      }
+      const ExpandedRun& run = sweep_.runs[d.run];
+      const auto attempt =
+          store_.claim_run(run.run_key, first_rank, d.ranks, host_name(), lease_id_, unix_now());
+      if (!attempt) {
+        claimed_elsewhere(d.run);
+        continue;
+      }
+      elsewhere_.erase(d.run);
+      state_[d.run] = "running";
+      attempt_run_[*attempt] = d.run;
+      if (!d.note.empty()) log(run, d.note);
+      return Assignment{d.run, *attempt, d.ranks};
     }
-    return true;
   }
 
-  void heartbeat(const db::Heartbeat& beat) { beats_.push_back(beat); }
+  // The lease on the sweep was broken (another coordinator took it over): stop without writing more.
+  bool lease_lost() const { return keeper_ && keeper_->lost(); }
+  // A clean end frees the sweep for the next job at once.
+  void release_lease() {
+    keeper_.reset();
+    if (!lease_lost()) store_.release_lease(lease_id_);
+  }
+
+  // Runs that cannot start before the deadline stay pending for the next job (the scheduler's rule 4).
+  bool deadline_blocks_everything() { return scheduler_.deadline_blocks_everything(snapshot(0)); }
+
+  void heartbeat(const db::Heartbeat& beat) {
+    beats_.push_back(beat);
+    if (const auto it = attempt_run_.find(beat.attempt_id); it != attempt_run_.end())
+      flops_done_[it->second] = trained_flops_at(sweep_.runs[it->second], beat.tokens);
+  }
 
   void flush(bool force = false) {
     if (beats_.empty() || (!force && Clock::now() - last_flush_ < std::chrono::seconds(1))) return;
@@ -228,7 +339,15 @@ class Coordinator {
 
   void finished(const Assignment& a, const WorkResult& r) {
     flush(true);
+    attempt_run_.erase(a.attempt_id);
     const ExpandedRun& run = sweep_.runs[a.run_index];
+    if (r.outcome == "superseded" || !attempt_open(a.attempt_id)) {
+      // Fenced: a newer attempt owns the run (this one was declared dead, or its lease lapsed). Its
+      // result is not recorded; the run's state is the newer attempt's.
+      log(run, "result of attempt " + std::to_string(a.attempt_id) + " discarded: it was fenced (" +
+                   (r.message.empty() ? r.outcome : r.message) + ")");
+      return;
+    }
     state_[a.run_index] = r.outcome == "completed"  ? "done"
                           : r.outcome == "stopped"  ? "preempted"
                           : r.outcome == "diverged" ? "diverged"
@@ -240,7 +359,6 @@ class Coordinator {
       ready_.erase(a.run_index);
       if (const auto t = trunk_index_.find(run.trunk_key); t != trunk_index_.end())
         branch_points_seen_[t->second] = {};  // look along the trunk's branch points again
-      requeue(a.run_index);
       return;
     }
     if (r.outcome == "completed") {
@@ -250,6 +368,7 @@ class Coordinator {
       }
       store_.finish_attempt(a.attempt_id,
                             {"done", "completed", r.eval_loss, r.train_loss, "", r.resumed_from_step});
+      flops_done_[a.run_index] = run.trained_flops;
       log(run, "done: eval loss " + std::to_string(r.eval_loss));
       if (const auto t = trunk_index_.find(run.kind == RunKind::trunk ? run.run_key : run.trunk_key);
           t != trunk_index_.end())
@@ -270,35 +389,44 @@ class Coordinator {
                                            r.message});
       log(run, "failed (" + std::to_string(failures) + "/" + std::to_string(sweep_.resources.max_attempts) +
                    "): " + r.message);
-      if (retry) {
-        requeue(a.run_index);
-      } else {
+      if (!retry) {
         state_[a.run_index] = "failed";
         ++left_failed_;
       }
     }
   }
 
-  // A worker went silent or away: its run goes back to the queue and resumes from its checkpoint.
+  // A worker went silent or away (the caller has told its ranks to stop): its attempt is closed, so
+  // its late result is discarded, and its run goes back to the queue; the next attempt fences the run
+  // directory before it trains (backend.h) and resumes from the newest checkpoint. The caller never uses
+  // those ranks again, so gangs are sized for the ranks left.
   void lost(const Assignment& a, const std::string& reason) {
     flush(true);
+    attempt_run_.erase(a.attempt_id);
     store_.finish_attempt(a.attempt_id, {"pending", reason, std::nullopt, std::nullopt, reason});
-    log(sweep_.runs[a.run_index], reason + "; requeued");
+    log(sweep_.runs[a.run_index], reason + "; fenced and requeued");
     state_[a.run_index] = "pending";
-    requeue(a.run_index);
+    worker_ranks_ = std::max(0, worker_ranks_ - a.ranks);
   }
 
   // Runs still assigned when the job stops are preempted by definition.
-  void stopped_unassigned() { preempted_ += static_cast<int>(queue_.size()); }
+  void stopped_unassigned() { preempted_ += static_cast<int>(queued_runs()); }
 
   int exit_status(bool stopped) {
+    if (lease_lost()) {
+      std::fprintf(stderr,
+                   "moesweep run: lost the lease on sweep '%s' (another coordinator took it over after it "
+                   "lapsed); stopped without recording more\n",
+                   sweep_.name.c_str());
+      return 1;
+    }
     flush(true);
     double workers_cpu = 0;
     for (const auto& [rank, cpu] : worker_cpu_s_) workers_cpu += cpu;
     store_.add_event("job_end", std::string(stopped ? "stopped by a signal or the deadline" : "queue empty") +
                                     "; coordinator CPU " + std::to_string(process_cpu_seconds()) +
                                     " s; workers CPU " + std::to_string(workers_cpu) + " s");
-    if (stopped || preempted_ > 0 || !queue_.empty()) return kExitPreempted;
+    if (stopped || preempted_ > 0 || queued_runs() > 0) return kExitPreempted;
     return left_failed_ > 0 ? 1 : 0;
   }
 
@@ -307,16 +435,98 @@ class Coordinator {
   void worker_cpu(int rank, double seconds) { worker_cpu_s_[rank] = seconds; }
 
  private:
-  // Queue order: trunks first (their branches wait on them), then the most work first.
-  bool before(std::size_t a, std::size_t b) const {
-    const ExpandedRun& x = sweep_.runs[a];
-    const ExpandedRun& y = sweep_.runs[b];
-    if ((x.kind == RunKind::trunk) != (y.kind == RunKind::trunk)) return x.kind == RunKind::trunk;
-    return x.trained_flops > y.trained_flops;
+  bool queued(std::size_t i) const {
+    return scheduling::run_state(state_[i]) == scheduling::RunState::queued;
+  }
+  std::size_t queued_runs() const {
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < state_.size(); ++i) n += queued(i) ? 1 : 0;
+    return n;
   }
 
-  void requeue(std::size_t i) {
-    queue_.insert(std::find_if(queue_.begin(), queue_.end(), [&](std::size_t j) { return before(i, j); }), i);
+  // What the scheduler decides from: each run's state as this job knows it, the branch points found on
+  // disk, and the clock. File lookups only for branches still waiting: a trunk's list once it stops
+  // training (else at most every 0.2 s), a branch's own point only then and only if the list falls short
+  // of it (an earlier point is missing).
+  scheduling::Snapshot snapshot(int idle) {
+    scheduling::Snapshot s;
+    s.runs.resize(sweep_.runs.size());
+    const auto now = Clock::now();
+    for (std::size_t i = 0; i < sweep_.runs.size(); ++i) {
+      scheduling::RunStatus& r = s.runs[i];
+      r.state = scheduling::run_state(state_[i]);
+      r.flops_done = flops_done_[i];
+      if (const auto at = elsewhere_.find(i); at != elsewhere_.end()) r.held_elsewhere = now < at->second;
+      if (const auto n = trunk_reopens_.find(i); n != trunk_reopens_.end()) r.reopens = n->second;
+    }
+    for (std::size_t i = 0; i < sweep_.runs.size(); ++i) {
+      const ExpandedRun& run = sweep_.runs[i];
+      if (run.kind != RunKind::branch || !queued(i)) continue;
+      const auto trunk = trunk_index_.find(run.trunk_key);
+      if (!ready_.count(i) && trunk != trunk_index_.end()) {
+        const std::size_t t = trunk->second;
+        const bool trunk_busy = s.runs[t].state == scheduling::RunState::queued ||
+                                s.runs[t].state == scheduling::RunState::running;
+        const std::int64_t written = s.runs[t].branch_points_written = branch_points_written(t, !trunk_busy);
+        if (written >= run.branch_point.step ||
+            (!trunk_busy && fs::exists(branch_point_file(options_.workdir, run))))
+          ready_.insert(i);
+      }
+      s.runs[i].branch_point_found = ready_.count(i) > 0;
+    }
+    s.idle_ranks = idle;
+    s.worker_ranks = worker_ranks_;
+    s.now = unix_now();
+    s.deadline = deadline_;
+    s.measured_rank_flops = flops_per_rank_s_;
+    return s;
+  }
+
+  // The scheduler leaves a run failed: recorded as an attempt on no ranks, with its reason.
+  void fail(const scheduling::Decision& d) {
+    const ExpandedRun& run = sweep_.runs[d.run];
+    const bool unschedulable = d.failure == scheduling::Decision::Failure::unschedulable;
+    log(run, (unschedulable ? "cannot be scheduled: " : "failed: ") + d.reason);
+    const auto attempt = store_.start_attempt(run.run_key, 0, 0, host_name());
+    store_.finish_attempt(attempt, {"failed", unschedulable ? "unschedulable" : "no trunk checkpoint",
+                                    std::nullopt, std::nullopt, d.reason});
+    state_[d.run] = "failed";
+    elsewhere_.erase(d.run);
+    ++left_failed_;
+  }
+
+  // A done trunk trains again to write the branch point a branch did not find.
+  void reopen_trunk(const scheduling::Decision& d) {
+    const ExpandedRun& trunk = sweep_.runs[d.run];
+    const fs::path file = branch_point_file(options_.workdir, sweep_.runs[d.branch]);
+    ++trunk_reopens_[d.run];
+    store_.reopen_run(trunk.run_key, d.reason + " (" + file.string() + ")");
+    log(trunk, "reopened: " + d.reason);
+    state_[d.run] = "pending";
+    flops_done_[d.run] = 0;  // where it resumes is the trainer's to find
+  }
+
+  bool attempt_open(std::int64_t attempt_id) const {
+    const auto rows = store_.query("SELECT ended_at IS NULL FROM attempts WHERE id = " + std::to_string(attempt_id));
+    return !rows.empty() && rows[0][0] == "1";
+  }
+
+  // Claiming run i failed: another coordinator holds it, or finished it meanwhile. A finished run leaves
+  // the queue with its state; a held one is looked at again in a few seconds, and runs as soon as its
+  // holder lets it go (preempted) or its lease lapses.
+  void claimed_elsewhere(std::size_t i) {
+    std::string now_state;
+    for (const auto& [key, s] : store_.run_states(sweep_.name))
+      if (key == sweep_.runs[i].run_key) now_state = s;
+    if (now_state == "done" || now_state == "failed" || now_state == "diverged") {
+      elsewhere_.erase(i);
+      state_[i] = now_state;
+      if (now_state != "done") ++left_failed_;
+      log(sweep_.runs[i], "finished by another coordinator: " + now_state);
+      return;
+    }
+    if (!elsewhere_.count(i)) log(sweep_.runs[i], "is being trained by another coordinator; waiting for it");
+    elsewhere_[i] = Clock::now() + std::chrono::seconds(2);
   }
 
   // Once a trunk and all its branches are done nothing starts from its branch points again (a larger
@@ -339,39 +549,6 @@ class Coordinator {
     }
   }
 
-  // Whether a branch can start: once its trunk's checkpoint at the branch point exists. While the trunk is
-  // queued or running the branch waits; a finished trunk without that checkpoint (a branch found it
-  // corrupt and moved it aside, or it was deleted) is reopened to write it again, a few times at most;
-  // a trunk that failed or diverged before it leaves the branch with nothing to start from.
-  enum class Readiness { ready, waiting, trunk_reopened, never };
-  Readiness readiness(std::size_t i) {
-    if (ready_.count(i)) return Readiness::ready;
-    const ExpandedRun& run = sweep_.runs[i];
-    const auto trunk = trunk_index_.find(run.trunk_key);
-    if (trunk == trunk_index_.end()) return Readiness::never;
-    const std::size_t t = trunk->second;
-    const std::string& s = state_[t];
-    const bool trunk_busy = s == "pending" || s == "preempted" || s == "running";
-    const fs::path file = branch_point_file(options_.workdir, run);
-    if (branch_points_written(t, !trunk_busy) >= run.branch_point.step || (!trunk_busy && fs::exists(file))) {
-      ready_.insert(i);
-      return Readiness::ready;
-    }
-    if (trunk_busy) return Readiness::waiting;
-    if (s == "done" && trunk_reopens_[t] < sweep_.resources.max_attempts) {
-      ++trunk_reopens_[t];
-      store_.reopen_run(sweep_.runs[t].run_key, "branch point at step " +
-                                                    std::to_string(run.branch_point.step) + " is missing (" +
-                                                    file.string() + "); the trunk trains again to write it");
-      log(sweep_.runs[t],
-          "reopened: its checkpoint at step " + std::to_string(run.branch_point.step) + " is missing");
-      state_[t] = "pending";
-      requeue(t);
-      return Readiness::trunk_reopened;
-    }
-    return Readiness::never;
-  }
-
   // The step of the last branch point trunk `t` has written, as far as this coordinator has seen. A trunk
   // writes them in step order, so one look along its list finds every new one; while it trains, that
   // look happens at most every 0.2 s, since the work directory may be a parallel file system and this
@@ -389,37 +566,6 @@ class Coordinator {
     return seen.count == 0 ? 0 : points[seen.count - 1].step;
   }
 
-  void fail_orphaned_branch(std::size_t i) {
-    const ExpandedRun& run = sweep_.runs[i];
-    const std::size_t t = trunk_index_.count(run.trunk_key) ? trunk_index_.at(run.trunk_key) : i;
-    const auto attempt = store_.start_attempt(run.run_key, 0, 0, host_name());
-    store_.finish_attempt(
-        attempt, {"failed", "no trunk checkpoint", std::nullopt, std::nullopt,
-                  "its trunk " + run.trunk_key.substr(0, 12) + " ended " + state_[t] +
-                      " without a usable checkpoint at step " + std::to_string(run.branch_point.step)});
-    state_[i] = "failed";
-    log(run, "failed: its trunk ended " + state_[t] + " without its branch point");
-    ++left_failed_;
-  }
-
-  bool reaches_checkpoint_before_deadline(const ExpandedRun& run, int ranks) const {
-    if (!deadline_ || flops_per_rank_s_ <= 0) return true;  // no deadline, or no throughput measured yet
-    const double tokens =
-        static_cast<double>(std::min(run.config.train.checkpoint_every_tokens, run.trained_tokens));
-    const double seconds = 6.0 * static_cast<double>(run.n_act) * tokens / (flops_per_rank_s_ * ranks);
-    return unix_now() + seconds < *deadline_;
-  }
-
-  void fail_unschedulable(std::size_t i) {
-    const ExpandedRun& run = sweep_.runs[i];
-    const auto attempt = store_.start_attempt(run.run_key, 0, 0, host_name());
-    const std::string& why = unschedulable_.at(i);
-    log(run, "cannot be scheduled: " + why);
-    store_.finish_attempt(attempt, {"failed", "unschedulable", std::nullopt, std::nullopt, why});
-    state_[i] = "failed";
-    ++left_failed_;
-  }
-
   void log(const ExpandedRun& run, const std::string& what) {
     const std::string kind = run.kind == RunKind::independent ? "" : std::string(to_string(run.kind)) + " ";
     std::fprintf(stderr, "moesweep run: %s%s (E=%lld, N_act=%lld, D=%lld) %s\n", kind.c_str(),
@@ -431,10 +577,14 @@ class Coordinator {
   SweepRunOptions options_;
   Sweep sweep_;
   db::Store store_;
-  std::vector<std::size_t> queue_;
-  std::map<std::size_t, int> gang_;
-  std::map<std::size_t, std::string> unschedulable_;  // run index → why no gang can train it
-  std::vector<std::string> state_;                  // each run's state as this job knows it
+  std::int64_t lease_id_ = 0;
+  std::optional<LeaseKeeper> keeper_;
+  scheduling::Scheduler scheduler_;
+  int worker_ranks_;  // worker ranks not lost
+  std::map<std::size_t, Clock::time_point> elsewhere_;  // runs another coordinator holds: look again then
+  std::vector<std::string> state_;   // each run's state as this job knows it; queued: pending, preempted
+  std::vector<double> flops_done_;   // each run's trained FLOPs, as the store or the last heartbeat said
+  std::map<std::int64_t, std::size_t> attempt_run_;  // attempts running now → their run
   std::map<std::string, std::size_t> trunk_index_;  // trunk run_key → run index
   std::set<std::size_t> ready_;                     // branches whose trunk checkpoint was seen
   std::map<std::size_t, int> trunk_reopens_;        // trunks reopened in this job to write a branch point
@@ -486,8 +636,46 @@ class WorkerObserver : public WorkObserver {
 
 void sleep_briefly() { std::this_thread::sleep_for(std::chrono::milliseconds(20)); }
 
+// A worker's liveness, independent of its progress: from its own thread, one small message to the
+// coordinator every heartbeat interval, whatever the training thread is doing (a final eval of millions
+// of tokens, a checkpoint write, a resume load). Needs MPI_THREAD_MULTIPLE (`moesweep run` asks for it);
+// without it only the training step's progress reports count, as before.
+class AliveReporter {
+ public:
+  explicit AliveReporter(double interval_s) : interval_(interval_s) {
+    int level = MPI_THREAD_SINGLE;
+    MPI_Query_thread(&level);
+    if (level < MPI_THREAD_MULTIPLE) {
+      std::fprintf(stderr, "moesweep run: this MPI gives no MPI_THREAD_MULTIPLE; liveness comes from training "
+                           "steps only, so set heartbeat_timeout_s above the longest eval\n");
+      return;
+    }
+    thread_ = std::thread([this] {
+      std::unique_lock<std::mutex> lock(mutex_);
+      do send(0, kAlive, json());
+      while (!wake_.wait_for(lock, interval_, [this] { return done_; }));
+    });
+  }
+  ~AliveReporter() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_ = true;
+    }
+    wake_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::chrono::duration<double> interval_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
 int run_worker(const SweepRunOptions& options, const Sweep& sweep, int rank) {
   auto backend = make_backend(options);
+  AliveReporter alive(options.heartbeat_interval_s);
   send(0, kReady, json());
   while (true) {
     std::optional<Message> m = poll(0);
@@ -512,7 +700,7 @@ int run_worker(const SweepRunOptions& options, const Sweep& sweep, int rank) {
     }
     const bool leader = gang.front() == rank;
     WorkerObserver observer(attempt, leader, options.heartbeat_interval_s, comm);
-    const WorkResult result = backend->train(run, run_dir(options, run), comm, observer);
+    const WorkResult result = backend->train(run, run_dir(options, run), attempt, comm, observer);
     if (comm != MPI_COMM_NULL) MPI_Comm_free(&comm);
     if (leader) send(0, kResult, {{"attempt", attempt}, {"result", to_json(result)}, {"cpu_s", process_cpu_seconds()}});
     send(0, kReady, json());
@@ -524,11 +712,20 @@ int run_coordinator(const SweepRunOptions& options, Sweep sweep, int world_size)
   struct Busy {
     Coordinator::Assignment assignment;
     std::vector<int> gang;
-    Clock::time_point last_heard;
+    Clock::time_point assigned_at;
   };
   std::map<std::int64_t, Busy> busy;  // by attempt id
   std::set<int> idle, dead;
+  std::map<int, Clock::time_point> heard;  // when each rank last said anything
   bool stopping = false;
+  // Told to stop without waiting for delivery: a rank declared dead may never receive it.
+  std::vector<std::string> fence_messages;
+  auto fence = [&](int r) {
+    fence_messages.emplace_back("null");
+    MPI_Request request;
+    MPI_Isend(fence_messages.back().data(), 4, MPI_CHAR, r, kStop, MPI_COMM_WORLD, &request);
+    MPI_Request_free(&request);
+  };
 
   auto stop_all = [&] {
     stopping = true;
@@ -542,16 +739,22 @@ int run_coordinator(const SweepRunOptions& options, Sweep sweep, int world_size)
       std::fprintf(stderr, "moesweep run: stop requested; checkpointing %zu running run(s)\n", busy.size());
       stop_all();
     }
+    if (!stopping && c.lease_lost()) {
+      std::fprintf(stderr, "moesweep run: the sweep's lease was taken over; stopping %zu running run(s)\n",
+                   busy.size());
+      stop_all();
+    }
     while (std::optional<Message> m = poll()) {
       active = true;
       if (dead.count(m->from)) continue;
+      heard[m->from] = Clock::now();
+      if (m->tag == kAlive) continue;
       if (m->tag == kReady) {
         idle.insert(m->from);
       } else if (m->tag == kHeartbeat) {
         const std::int64_t attempt = m->body.at("attempt");
         auto it = busy.find(attempt);
         if (it == busy.end()) continue;  // a run already requeued
-        it->second.last_heard = Clock::now();
         c.heartbeat({attempt, m->body.at("step"), m->body.at("tokens"), number(m->body, "loss"), std::nullopt,
                      number(m->body, "tokens_per_s"), number(m->body, "lr")});
       } else if (m->tag == kResult) {
@@ -562,10 +765,16 @@ int run_coordinator(const SweepRunOptions& options, Sweep sweep, int world_size)
         busy.erase(it);
       }
     }
-    // Silent workers: requeue their run and never use those ranks again.
+    // Silent ranks: fence the attempt (its ranks are told to stop, its attempt is closed, the next
+    // attempt takes the run directory), requeue the run, and never use those ranks again.
     for (auto it = busy.begin(); it != busy.end();) {
-      const double silent = std::chrono::duration<double>(Clock::now() - it->second.last_heard).count();
+      double silent = 0;
+      for (int r : it->second.gang) {
+        const auto last = std::max(it->second.assigned_at, heard.count(r) ? heard[r] : it->second.assigned_at);
+        silent = std::max(silent, std::chrono::duration<double>(Clock::now() - last).count());
+      }
       if (silent > c.heartbeat_timeout()) {
+        for (int r : it->second.gang) fence(r);
         c.lost(it->second.assignment, "heartbeat timeout after " + std::to_string(static_cast<int>(silent)) + " s");
         for (int r : it->second.gang) dead.insert(r), idle.erase(r);
         it = busy.erase(it);
@@ -599,6 +808,7 @@ int run_coordinator(const SweepRunOptions& options, Sweep sweep, int world_size)
   for (int r = 1; r < world_size; ++r)
     if (!dead.count(r)) send(r, kShutdown, json());
   const int status = c.exit_status(stopping || g_stop_signal.load());
+  c.release_lease();
   if (!dead.empty()) {
     // A hung rank would hold MPI_Finalize forever; the store is flushed, so end the job for it.
     std::fprintf(stderr, "moesweep run: %zu rank(s) stopped responding; ending the job with MPI_Abort\n",
@@ -624,45 +834,28 @@ int run_serial(const SweepRunOptions& options, Sweep sweep) {
       c.heartbeat({attempt, p.step, p.tokens, p.train_loss, std::nullopt, p.tokens_per_s, p.lr});
       c.flush(true);
     }
-    bool stop_requested() override { return g_stop_signal.load(); }
+    bool stop_requested() override { return g_stop_signal.load() || c.lease_lost(); }
   };
   bool stopped = false;
-  while (!g_stop_signal.load()) {
+  while (!g_stop_signal.load() && !c.lease_lost()) {
     auto a = c.next(1, 0);
+    if (!a && c.waiting_elsewhere()) {  // runs another coordinator trains: wait for them
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      continue;
+    }
     if (!a) break;
     Local observer(c, a->attempt_id, options.heartbeat_interval_s);
     const ExpandedRun& run = c.sweep().runs[a->run_index];
-    c.finished(*a, backend->train(run, run_dir(options, run), MPI_COMM_NULL, observer));
+    c.finished(*a, backend->train(run, run_dir(options, run), a->attempt_id, MPI_COMM_NULL, observer));
   }
   stopped = g_stop_signal.load();
   if (stopped) c.stopped_unassigned();
-  return c.exit_status(stopped);
+  const int status = c.exit_status(stopped);
+  c.release_lease();
+  return status;
 }
 
 }  // namespace
-
-MemoryEstimate estimate_memory(const ExpandedRun& run) {
-  const auto& m = run.config.model;
-  MemoryEstimate e;
-  // fp32 weights, gradients and AdamW's two moments; the router (d·E per layer) included.
-  const double params = static_cast<double>(run.n_total + m.d_model * m.experts * m.n_layers);
-  e.replicated_bytes = 16.0 * params;
-  // Activations kept for the backward pass, per token and layer (Korthikanti et al. 2022, fp32):
-  // about 34·d plus 5·heads·seq_len for the attention scores, in 2-byte units, doubled for fp32;
-  // plus the logits.
-  const double tokens = static_cast<double>(run.config.train.batch_tokens);
-  e.activation_bytes = tokens * (static_cast<double>(m.n_layers) *
-                                     (34.0 * static_cast<double>(m.d_model) + 5.0 * static_cast<double>(m.n_heads * m.seq_len)) * 2.0 +
-                                 8.0 * static_cast<double>(m.vocab_size));
-  return e;
-}
-
-int gang_size(const MemoryEstimate& e, double rank_memory, int max_ranks) {
-  if (rank_memory <= 0) return 1;
-  for (int k = 1; k <= max_ranks; ++k)
-    if (e.replicated_bytes + e.activation_bytes / k <= rank_memory) return k;
-  return 0;
-}
 
 int run_sweep(const SweepRunOptions& options) {
   int rank = 0, size = 1;
@@ -671,8 +864,24 @@ int run_sweep(const SweepRunOptions& options) {
   install_signal_handlers();
   // Every rank expands the same file, so a run travels as its index in the canonical order.
   Sweep sweep = load_sweep_file(options.sweep_path);
+  // A live worker reports every interval; a timeout within three of them would declare it dead for one
+  // late message (a loaded node, a slow network).
+  if (const double timeout = sweep.resources.heartbeat_timeout_s; timeout < 3 * options.heartbeat_interval_s)
+    throw InputError(options.sweep_path + ": [resources] heartbeat_timeout_s = " + std::to_string(timeout) +
+                     " s is shorter than three heartbeat intervals (--heartbeat " +
+                     std::to_string(options.heartbeat_interval_s) + " s); raise it or report more often");
+  if (!(options.lease_s > 0)) throw InputError("--lease: must be greater than 0");
   if (size == 1) return run_serial(options, std::move(sweep));
-  if (rank == 0) return run_coordinator(options, std::move(sweep), size);
+  if (rank == 0) {
+    try {
+      return run_coordinator(options, std::move(sweep), size);
+    } catch (...) {
+      // The coordinator could not start (the sweep is owned by a live coordinator, the store cannot be
+      // opened) or failed: release the workers, which would otherwise wait for work forever.
+      for (int r = 1; r < size; ++r) send(r, kShutdown, json());
+      throw;
+    }
+  }
   return run_worker(options, sweep, rank);
 }
 

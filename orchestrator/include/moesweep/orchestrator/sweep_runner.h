@@ -8,6 +8,17 @@
 // work directory. SIGTERM or SIGUSR1 (Slurm's warning) makes every rank checkpoint and stop; the
 // coordinator marks those runs preempted and exits with kExitPreempted, which the batch script turns
 // into a requeue.
+//
+// One owner per sweep: the coordinator holds a lease on its sweep (lease.h) and claims each run in the
+// store before handing it out, so a second coordinator (another sweep in the same database, a second
+// job for the same sweep) never touches runs whose owner is alive, and a run shared by two sweeps is
+// trained once. A coordinator that loses its lease (it stopped renewing long enough for another to
+// take over) stops its workers and exits 1 without recording anything more.
+//
+// Liveness: every worker rank reports from its own thread every heartbeat interval, whatever it is
+// doing (a long eval, a checkpoint write, a resume load); a rank silent for heartbeat_timeout_s is
+// declared dead and fenced: told to stop, its attempt closed, and its run directory handed to the next
+// attempt (backend.h), before the run is handed out again.
 #include <optional>
 #include <string>
 
@@ -27,23 +38,17 @@ struct SweepRunOptions {
   bool retry_diverged = false;      // likewise for diverged runs
   bool keep_branch_points = false;  // cooldown branching: keep a trunk's branch points after its family is done
   std::string device = "cpu";       // torch backend: "cpu" or "cuda" (each rank its own GPU)
+  int gpus_per_node = 0;            // torch backend, "cuda": GPUs per node (0: those CUDA shows)
   int threads = 1;                  // torch backend: intra-op threads per rank (1: deterministic)
+  double lease_s = 60;              // the coordinator's lease on the sweep lapses this long after its
+                                    // last renewal (it renews every lease_s/6 s from its own thread)
+  bool take_over = false;           // a sweep another coordinator owns: wait for its lease to lapse
+  std::string exit_status_file;     // rank 0 writes its exit status here (a launcher such as mpirun
+                                    // replaces it with its own after a TERM)
 };
 
 // Runs the sweep over MPI_COMM_WORLD (MPI must be initialised). Returns the process exit status:
 // 0 every run done, kExitPreempted stopped by a signal or the deadline with runs left, 1 runs failed.
 int run_sweep(const SweepRunOptions& options);
-
-// Bytes one rank needs to train a run: parameters with gradients and AdamW state (16 bytes each,
-// replicated on every data-parallel rank) plus activations (split across the ranks).
-struct MemoryEstimate {
-  double replicated_bytes = 0;
-  double activation_bytes = 0;
-};
-struct ExpandedRun;
-MemoryEstimate estimate_memory(const ExpandedRun& run);
-// Smallest data-parallel gang that fits `rank_memory` bytes per rank (1 when unlimited), or 0 when
-// no gang can (the replicated state alone is too big).
-int gang_size(const MemoryEstimate& estimate, double rank_memory, int max_ranks);
 
 }  // namespace moesweep::orchestrator
