@@ -12,7 +12,8 @@
 # memory alone) runs beside it for comparison.
 #
 # MPIRUN=1 also runs the grid through `mpirun … moesweep run --backend simulate` (wall time = nominal time
-# × TIME_SCALE), as the coordinator schedules it today, and bounds it by the attempts' measured times:
+# × TIME_SCALE), with RANK_FLOPS and WALL_CLOCK as the sweep's [resources], so the real coordinator
+# decides with the same scheduler and assumptions, and bounds it by the attempts' measured times:
 # chain = a trunk's time + its longest branch's, work = Σ ranks · time / (ranks − 1), in wall seconds.
 #   bench/sweep_makespan.sh [build/moesweep]
 set -euo pipefail
@@ -31,9 +32,13 @@ echo
 echo "mpirun + moesweep run --backend simulate, time scale $SCALE (wall seconds; bound from the attempts' times)"
 printf '%6s %12s %10s %10s %10s %8s %18s %14s\n' ranks makespan_s chain_s work_s bound_s ratio \
   coordinator_cpu_s workers_cpu_s
+# The simulation's assumptions as the sweep's [resources], so the real coordinator sizes gangs alike.
+sweep="$work/paper.toml"
+{ cat "$here/sweeps/paper.toml"
+  printf '\n[resources]\nwall_clock = "%s"\nrank_flops = %s\n' "${WALL_CLOCK:-48:00:00}" "${RANK_FLOPS:-4e14}"; } > "$sweep"
 for ranks in $RANKS; do
   db="$work/sim-$ranks.db"
-  mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$ranks" "$MOESWEEP" run "$here/sweeps/paper.toml" \
+  mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$ranks" "$MOESWEEP" run "$sweep" \
     --db "$db" --workdir "$work/runs-$ranks" --backend simulate --time-scale "$SCALE" --heartbeat 2 >/dev/null 2>&1
   sqlite3 "$db" "
     with took as (select run_id, max(ranks) as ranks,
