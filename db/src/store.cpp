@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
+#include <thread>
 #include <cstring>
 #include <stdexcept>
 #include <utility>
@@ -299,15 +301,21 @@ int read_user_version(sqlite3* db) {
 void migrate(sqlite3* db, const std::string& path, int target) {
   int version = read_user_version(db);
   if (version == 0) {
-    // A fresh file has no tables at all; anything else at version 0 is somebody else's database.
+    // A fresh file has no tables at all; anything else at version 0 is somebody else's database. Read
+    // both under the write lock, since another process may be creating the same database right now.
+    Transaction t(db);
+    version = read_user_version(db);
     Statement s(db, "SELECT COUNT(*) FROM sqlite_master");
-    if (s.step() && s.i64(0) > 0) throw InputError(path + ": not a moesweep database (it has other tables)");
+    if (version == 0 && s.step() && s.i64(0) > 0)
+      throw InputError(path + ": not a moesweep database (it has other tables)");
   }
   if (version > latest_schema_version())
     throw InputError(path + ": schema version " + std::to_string(version) + " is newer than this moesweep (" +
                      std::to_string(latest_schema_version()) + "); upgrade moesweep");
   for (int v = version + 1; v <= target; ++v) {
     Transaction t(db);
+    // Two processes opening a new database at once: the other may have migrated it meanwhile.
+    if (read_user_version(db) >= v) continue;
     exec(db, kMigrations[v - 1]);
     exec(db, ("PRAGMA user_version = " + std::to_string(v)).c_str());
     t.commit();
@@ -317,9 +325,20 @@ void migrate(sqlite3* db, const std::string& path, int target) {
 // Another program's database, or one from a newer moesweep, is refused before anything writes to it
 // (switching it to WAL would already change it). migrate() checks the same for files opened later.
 void refuse_if_not_ours(sqlite3* db, const std::string& path) {
-  const int version = read_user_version(db);
-  Statement tables(db, "SELECT COUNT(*) FROM sqlite_master");
-  if (version == 0 && tables.step() && tables.i64(0) > 0)
+  // One read transaction: another process may commit the first migration between the two reads.
+  exec(db, "BEGIN");
+  int version = 0;
+  std::int64_t table_count = 0;
+  try {
+    version = read_user_version(db);
+    Statement tables(db, "SELECT COUNT(*) FROM sqlite_master");
+    if (tables.step()) table_count = tables.i64(0);
+  } catch (...) {
+    sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+  exec(db, "COMMIT");
+  if (version == 0 && table_count > 0)
     throw InputError(path + ": not a moesweep database (it has other tables)");
   if (version > latest_schema_version())
     throw InputError(path + ": schema version " + std::to_string(version) + " is newer than this moesweep (" +
@@ -347,7 +366,14 @@ sqlite3* open_connection(const std::string& path, Store::Mode mode) {
     Statement(db, "SELECT COUNT(*) FROM sqlite_master").run();
     if (mode == Store::Mode::ReadWrite) {
       refuse_if_not_ours(db, path);  // before the first write: a refused file stays byte-identical
-      exec(db, "PRAGMA journal_mode = WAL");
+      // Switching to WAL takes an exclusive lock that the busy handler does not wait for: a second
+      // process creating the same new database meets "database is locked" here. Wait as it would.
+      for (int tries = 0;; ++tries) {
+        const int rc = sqlite3_exec(db, "PRAGMA journal_mode = WAL", nullptr, nullptr, nullptr);
+        if (rc == SQLITE_OK) break;
+        if ((rc != SQLITE_BUSY && rc != SQLITE_LOCKED) || tries >= 200) exec(db, "PRAGMA journal_mode = WAL");
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
       exec(db, "PRAGMA synchronous = NORMAL");  // durable at checkpoints; WAL keeps it consistent
       exec(db, "PRAGMA foreign_keys = ON");
     }

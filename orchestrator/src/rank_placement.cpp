@@ -64,17 +64,20 @@ std::vector<RankLocation> gather_layout(MPI_Comm comm) {
 
 std::string place_on_gpu(const std::string& device, MPI_Comm comm, int coordinator, int gpus_per_node) {
   if (device != "cuda") return device;  // "cpu", or a GPU the user chose ("cuda:1")
-  int gpus = gpus_per_node > 0 ? gpus_per_node : static_cast<int>(torch::cuda::device_count());
-  if (comm != MPI_COMM_NULL) MPI_Allreduce(MPI_IN_PLACE, &gpus, 1, MPI_INT, MPI_MIN, comm);
-  if (gpus == 0)
-    throw InputError(
-        "--device cuda: CUDA shows no GPU to this process (a CPU build of LibTorch, no driver, or an empty "
-        "CUDA_VISIBLE_DEVICES)");
+  int visible = static_cast<int>(torch::cuda::device_count());
+  if (comm != MPI_COMM_NULL) MPI_Allreduce(MPI_IN_PLACE, &visible, 1, MPI_INT, MPI_MIN, comm);
+  const int gpus = gpus_per_node > 0 ? gpus_per_node : visible;
+  const char* no_gpu =
+      "--device cuda: CUDA shows no GPU to this process (a CPU build of LibTorch, no driver, or an empty "
+      "CUDA_VISIBLE_DEVICES)";
+  if (gpus == 0) throw InputError(no_gpu);
   const auto layout =
       comm != MPI_COMM_NULL ? gather_layout(comm) : std::vector<RankLocation>{{host_name(), 0}};
   int rank = 0;
   if (comm != MPI_COMM_NULL) MPI_Comm_rank(comm, &rank);
   const int gpu = gpu_of_each_rank(layout, coordinator, gpus)[static_cast<std::size_t>(rank)];
+  // A stated --gpus-per-node still needs GPUs to be there: otherwise every run would fail in LibTorch.
+  if (visible == 0) throw InputError(no_gpu);
   return gpu < 0 ? device : "cuda:" + std::to_string(gpu);
 }
 

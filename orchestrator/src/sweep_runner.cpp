@@ -18,6 +18,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "backend.h"
@@ -857,6 +858,14 @@ int run_serial(const SweepRunOptions& options, Sweep sweep) {
 
 }  // namespace
 
+namespace {
+std::string seconds(double s) {
+  std::ostringstream out;
+  out << s;
+  return out.str();
+}
+}  // namespace
+
 int run_sweep(const SweepRunOptions& options) {
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -867,10 +876,12 @@ int run_sweep(const SweepRunOptions& options) {
   // A live worker reports every interval; a timeout within three of them would declare it dead for one
   // late message (a loaded node, a slow network).
   if (const double timeout = sweep.resources.heartbeat_timeout_s; timeout < 3 * options.heartbeat_interval_s)
-    throw InputError(options.sweep_path + ": [resources] heartbeat_timeout_s = " + std::to_string(timeout) +
+    throw InputError(options.sweep_path + ": [resources] heartbeat_timeout_s = " + seconds(timeout) +
                      " s is shorter than three heartbeat intervals (--heartbeat " +
-                     std::to_string(options.heartbeat_interval_s) + " s); raise it or report more often");
-  if (!(options.lease_s > 0)) throw InputError("--lease: must be greater than 0");
+                     seconds(options.heartbeat_interval_s) + " s); raise it or report more often");
+  // Renewed every sixth of it through the store: below a second, a busy store or a loaded node would
+  // let a live coordinator's lease lapse.
+  if (!(options.lease_s >= 1)) throw InputError("--lease: must be at least 1 second, got " + seconds(options.lease_s));
   if (size == 1) return run_serial(options, std::move(sweep));
   if (rank == 0) {
     try {

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <sqlite3.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -381,4 +383,31 @@ TEST_F(StoreTest, AClosedAttemptsLateHeartbeatDoesNotMoveItsRun) {
   store.record_heartbeats({Heartbeat{fresh, 40, 40000, 3.0, std::nullopt, 100, 1e-3}});
   store.record_heartbeats({Heartbeat{stale, 90, 90000, 2.0, std::nullopt, 100, 1e-3}});
   EXPECT_EQ(store.query("SELECT step, tokens_done FROM runs")[0], (std::vector<std::string>{"40", "40000"}));
+}
+
+TEST_F(StoreTest, TwoProcessesCreatingTheSameDatabaseAtOnceBothSucceed) {
+  // Two `moesweep run`s started together on a database that does not exist yet: both migrate it.
+  for (int trial = 0; trial < 10; ++trial) {
+    const std::string path = (dir_ / ("race" + std::to_string(trial) + ".db")).string();
+    std::vector<pid_t> children;
+    for (int i = 0; i < 2; ++i) {
+      const pid_t pid = ::fork();
+      if (pid == 0) {
+        try {
+          Store::open(path);
+          std::_Exit(0);
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "child: %s\n", e.what());
+          std::_Exit(1);
+        }
+      }
+      children.push_back(pid);
+    }
+    for (const pid_t pid : children) {
+      int status = 0;
+      ::waitpid(pid, &status, 0);
+      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "trial " << trial;
+    }
+    EXPECT_EQ(Store::open(path).schema_version(), moesweep::db::latest_schema_version());
+  }
 }
