@@ -419,6 +419,23 @@ constexpr const char* kNow = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
 constexpr const char* kFreshRetryBudget =
     "failures_counted_after = (SELECT COALESCE(MAX(a.id), 0) FROM attempts a WHERE a.run_id = runs.id)";
 
+// Inside the caller's transaction: a new attempt row for run `run_id`, and the run marked running.
+std::int64_t open_attempt_in(sqlite3* db, std::int64_t run_id, int rank, int ranks, const std::string& host,
+                             std::int64_t resumed_from_step, std::optional<std::int64_t> lease_id) {
+  Statement insert(db, "INSERT INTO attempts(run_id, rank, ranks, host, resumed_from_step, lease_id) VALUES (?,?,?,?,?,?)");
+  insert.bind(1, run_id).bind(2, rank).bind(3, ranks).bind(4, host).bind(5, resumed_from_step);
+  if (lease_id) insert.bind(6, *lease_id);
+  insert.run();
+  const std::int64_t attempt_id = sqlite3_last_insert_rowid(db);
+  Statement(db, (std::string("UPDATE runs SET state='running', attempts = attempts + 1, error = NULL, "
+                             "tokens_per_s = NULL, updated_at = ") +
+                 kNow + " WHERE id = ?")
+                    .c_str())
+      .bind(1, run_id)
+      .run();
+  return attempt_id;
+}
+
 // A passive checkpoint moves the WAL into the database file without waiting for or blocking readers.
 void close_connection(sqlite3* db, Store::Mode mode) {
   if (db && mode == Store::Mode::ReadWrite)
@@ -560,20 +577,7 @@ std::int64_t Store::start_attempt(const std::string& run_key, int rank, int rank
   if (!run.step()) throw std::runtime_error("no run with key " + run_key);
   const std::int64_t run_id = run.i64(0);
   if (run.text(1) == "done") throw std::runtime_error("run " + run_key + " is already done");
-  Statement(db_, "INSERT INTO attempts(run_id, rank, ranks, host, resumed_from_step) VALUES (?,?,?,?,?)")
-      .bind(1, run_id)
-      .bind(2, rank)
-      .bind(3, ranks)
-      .bind(4, host)
-      .bind(5, resumed_from_step)
-      .run();
-  const std::int64_t attempt_id = sqlite3_last_insert_rowid(db_);
-  Statement(db_, (std::string("UPDATE runs SET state='running', attempts = attempts + 1, error = NULL, "
-                              "tokens_per_s = NULL, updated_at = ") +
-                  kNow + " WHERE id = ?")
-                     .c_str())
-      .bind(1, run_id)
-      .run();
+  const std::int64_t attempt_id = open_attempt_in(db_, run_id, rank, ranks, host, resumed_from_step, std::nullopt);
   t.commit();
   return attempt_id;
 }
@@ -815,20 +819,7 @@ std::optional<std::int64_t> Store::claim_run(const std::string& run_key, int ran
       requeue_lapsed_in(db_, "lost: its coordinator's lease lapsed", now, run_id) > 0)
     state = "pending";
   if (state != "pending" && state != "preempted") return std::nullopt;  // rolled back
-  Statement(db_, "INSERT INTO attempts(run_id, rank, ranks, host, lease_id) VALUES (?,?,?,?,?)")
-      .bind(1, run_id)
-      .bind(2, rank)
-      .bind(3, ranks)
-      .bind(4, host)
-      .bind(5, lease_id)
-      .run();
-  const std::int64_t attempt_id = sqlite3_last_insert_rowid(db_);
-  Statement(db_, (std::string("UPDATE runs SET state='running', attempts = attempts + 1, error = NULL, "
-                              "tokens_per_s = NULL, updated_at = ") +
-                  kNow + " WHERE id = ?")
-                     .c_str())
-      .bind(1, run_id)
-      .run();
+  const std::int64_t attempt_id = open_attempt_in(db_, run_id, rank, ranks, host, 0, lease_id);
   t.commit();
   return attempt_id;
 }
