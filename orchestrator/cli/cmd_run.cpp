@@ -66,7 +66,7 @@ int run_under_mpi(orchestrator::SweepRunOptions options) {
 }  // namespace
 
 void add_run(CLI::App& app) {
-  auto* cmd = app.add_subcommand("run", "Run a sweep: under mpirun/srun rank 0 coordinates and the rest train");
+  auto* cmd = app.add_subcommand("run", kRunDescription);
   auto opt = std::make_shared<orchestrator::SweepRunOptions>();
   auto deadline = std::make_shared<std::string>();
   cmd->add_option("sweep", opt->sweep_path, "Sweep file (TOML)")->required();

@@ -201,10 +201,7 @@ void run_train(const TrainCommandOptions& options) {
 
 void add_train(CLI::App& app) {
   auto options = std::make_shared<TrainCommandOptions>();
-  auto* command = app.add_subcommand(
-      "train",
-      "Train one run file (no database). Exit 3 if the loss diverges, 4 if stopped by SIGTERM/SIGUSR1/SIGINT "
-      "(a checkpoint is written; rerun with --resume). Data-parallel over all ranks under mpirun/srun.");
+  auto* command = app.add_subcommand("train", kTrainDescription);
   command->add_option("run_file", options->run_file, "run file (TOML: [data], [model], [train])")->required();
   command->add_option("--checkpoint-dir", options->checkpoint_dir,
                       "where checkpoints go (default: runs/<run key prefix>)");
