@@ -3,9 +3,14 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
 #include <thread>
+#include <tuple>
 #include <cstring>
 #include <stdexcept>
 #include <utility>
@@ -18,7 +23,7 @@ namespace {
 // Forward migrations: migration i (1-based) takes the schema from version i−1 to version i. Never edit a
 // migration that has shipped; add a new one. Views are dropped and recreated by the last migration that
 // touches them.
-constexpr std::array<const char*, 5> kMigrations = {
+constexpr std::array<const char*, 6> kMigrations = {
     // v1: the core tables.
     R"sql(
 CREATE TABLE sweeps (
@@ -193,6 +198,23 @@ CREATE TABLE submissions (
   at       TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
 );
 )sql",
+    // v6: what Store::maintain_wal last saw of the WAL, for `moesweep status`: one row for the database
+    // (the WAL is the file's, not a sweep's). pinned_since is set while frames stay un-checkpointed from
+    // one check to the next (a reader holds an old snapshot), NULL once everything was copied.
+    R"sql(
+CREATE TABLE wal_health (
+  id                  INTEGER PRIMARY KEY CHECK (id = 1),
+  checked_at          REAL NOT NULL,
+  wal_bytes           INTEGER NOT NULL,
+  log_frames          INTEGER NOT NULL,
+  checkpointed_frames INTEGER NOT NULL,
+  pinned_since        REAL
+);
+-- Store::status_digest's totals per (state, kind) read this index, not the runs table whose rows carry
+-- their config (about 1 kB each): `moesweep status` at 100,000 runs in 44 ms instead of 99
+-- (bench/status_bench.sh). One more index entry to update per heartbeat.
+CREATE INDEX runs_by_state ON runs(state, kind, n_act, tokens, trained_tokens, tokens_done, branch_tokens);
+)sql",
 };
 
 // "FILE: what SQLite said", so a failing write ("database or disk is full") names the database.
@@ -345,7 +367,52 @@ void refuse_if_not_ours(sqlite3* db, const std::string& path) {
                      std::to_string(latest_schema_version()) + "); upgrade moesweep");
 }
 
-sqlite3* open_connection(const std::string& path, Store::Mode mode) {
+// "PRAGMA journal_mode = X" and the mode the connection is in after it, or nullopt when another
+// connection kept the file from switching (BUSY or LOCKED: leaving WAL needs every other connection to
+// the file closed, entering it no transaction open; neither waits in the busy handler).
+std::optional<std::string> try_journal_mode(sqlite3* db, const char* mode) {
+  const std::string sql = std::string("PRAGMA journal_mode = ") + mode;
+  sqlite3_stmt* stmt = nullptr;
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) != SQLITE_OK) fail(db, "prepare");
+  const int rc = sqlite3_step(stmt);
+  std::optional<std::string> now;
+  if (rc == SQLITE_ROW) now = reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0));
+  const std::string message = sqlite3_errmsg(db);
+  sqlite3_finalize(stmt);
+  if (rc == SQLITE_ROW || rc == SQLITE_BUSY || rc == SQLITE_LOCKED) return now;
+  throw std::runtime_error(sqlite_error(db, message));
+}
+
+std::string current_journal_mode(sqlite3* db) {
+  Statement s(db, "PRAGMA journal_mode");
+  return s.step() ? s.text(0) : "";
+}
+
+// Puts a read-write connection in the journal `choice` names, waiting up to 10 s (as the busy timeout
+// would) for other connections to let it switch; then goes on in the file's mode with a warning (store.h
+// says why). Sets the synchronous level and, in WAL mode, the size limit that goes with the mode.
+void apply_journal(sqlite3* db, const std::string& path, const JournalChoice& choice) {
+  const bool want_wal = choice.journal == Journal::Wal;
+  std::optional<std::string> mode;
+  for (int tries = 0; !(mode = try_journal_mode(db, want_wal ? "wal" : "delete")) && tries < 200; ++tries)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const bool wal = (mode ? *mode : current_journal_mode(db)) == "wal";
+  if (wal != want_wal)
+    std::fprintf(stderr,
+                 "moesweep: warning: %s stays in %s mode: another process has it open (a coordinator, a "
+                 "sqlite3 shell), so it cannot switch to %s (%s); the next read-write open that finds it "
+                 "alone does\n",
+                 path.c_str(), wal ? "WAL" : "rollback-journal", wal ? "the rollback journal" : "WAL",
+                 choice.reason.c_str());
+  if (wal) {
+    exec(db, "PRAGMA synchronous = NORMAL");  // durable at checkpoints; WAL keeps it consistent
+    exec(db, ("PRAGMA journal_size_limit = " + std::to_string(kWalSizeLimitBytes)).c_str());
+  } else {
+    exec(db, "PRAGMA synchronous = FULL");  // the journal is whole on disk before the database changes
+  }
+}
+
+sqlite3* open_connection(const std::string& path, Store::Mode mode, const JournalChoice& journal) {
   if (mode == Store::Mode::ReadOnly && access(path.c_str(), R_OK) != 0)
     throw InputError(path + ": no such database (or not readable)");
   int flags =
@@ -367,20 +434,22 @@ sqlite3* open_connection(const std::string& path, Store::Mode mode) {
     if (mode == Store::Mode::ReadWrite) {
       refuse_if_not_ours(db, path);  // before the first write: a refused file stays byte-identical
       // Switching to WAL takes an exclusive lock that the busy handler does not wait for: a second
-      // process creating the same new database meets "database is locked" here. Wait as it would.
-      for (int tries = 0;; ++tries) {
-        const int rc = sqlite3_exec(db, "PRAGMA journal_mode = WAL", nullptr, nullptr, nullptr);
-        if (rc == SQLITE_OK) break;
-        if ((rc != SQLITE_BUSY && rc != SQLITE_LOCKED) || tries >= 200) exec(db, "PRAGMA journal_mode = WAL");
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      }
-      exec(db, "PRAGMA synchronous = NORMAL");  // durable at checkpoints; WAL keeps it consistent
+      // process creating the same new database meets "database is locked" here; apply_journal waits.
+      apply_journal(db, path, journal);
       exec(db, "PRAGMA foreign_keys = ON");
     }
   } catch (const InputError&) {
     sqlite3_close(db);
     throw;
   } catch (const std::runtime_error&) {
+    // A read-only connection cannot roll back the journal a killed writer left (a "hot journal",
+    // https://www.sqlite.org/lockingv3.html#hot_journals), and must not read past it.
+    if (sqlite3_extended_errcode(db) == SQLITE_READONLY_ROLLBACK) {
+      sqlite3_close(db);
+      throw InputError(path + ": a writer died in the middle of a transaction and left " + path +
+                       "-journal; a read-only open cannot roll it back: the next read-write open (moesweep "
+                       "run or submit) does");
+    }
     const std::string reason = sqlite3_errmsg(db);  // "file is not a database", without our "prepare: "
     sqlite3_close(db);
     throw InputError(path + ": not a moesweep database (" + reason + ")");
@@ -449,7 +518,10 @@ int latest_schema_version() { return static_cast<int>(kMigrations.size()); }
 
 Store::Store(sqlite3* db, std::string path, Mode mode) : db_(db), path_(std::move(path)), mode_(mode) {}
 Store::Store(Store&& other) noexcept
-    : db_(std::exchange(other.db_, nullptr)), path_(std::move(other.path_)), mode_(other.mode_) {}
+    : db_(std::exchange(other.db_, nullptr)),
+      path_(std::move(other.path_)),
+      mode_(other.mode_),
+      journal_choice_(std::move(other.journal_choice_)) {}
 
 Store& Store::operator=(Store&& other) noexcept {
   if (this != &other) {
@@ -457,14 +529,17 @@ Store& Store::operator=(Store&& other) noexcept {
     db_ = std::exchange(other.db_, nullptr);
     path_ = std::move(other.path_);
     mode_ = other.mode_;
+    journal_choice_ = std::move(other.journal_choice_);
   }
   return *this;
 }
 Store::~Store() { close_connection(db_, mode_); }
 
-Store Store::open(const std::string& path, Mode mode) {
-  sqlite3* db = open_connection(path, mode);
+Store Store::open(const std::string& path, Mode mode, Journal journal) {
+  JournalChoice choice = choose_journal_for(path, journal);
+  sqlite3* db = open_connection(path, mode, choice);
   Store store(db, path, mode);
+  store.journal_choice_ = std::move(choice);
   int version = read_user_version(db);
   if (mode == Mode::ReadOnly) {
     if (version == 0) throw InputError(path + ": not a moesweep database (no schema)");
@@ -484,13 +559,17 @@ Store Store::open(const std::string& path, Mode mode) {
 }
 
 Store Store::open_at_version(const std::string& path, int version) {
-  sqlite3* db = open_connection(path, Mode::ReadWrite);
+  JournalChoice choice = choose_journal_for(path, Journal::Auto);
+  sqlite3* db = open_connection(path, Mode::ReadWrite, choice);
   Store store(db, path, Mode::ReadWrite);
+  store.journal_choice_ = std::move(choice);
   migrate(db, path, version);
   return store;
 }
 
 int Store::schema_version() const { return read_user_version(db_); }
+
+Journal Store::journal() const { return current_journal_mode(db_) == "wal" ? Journal::Wal : Journal::Rollback; }
 
 std::int64_t Store::register_sweep(const std::string& name, const std::string& spec_path,
                                    const std::vector<RunSpec>& runs) {
@@ -893,20 +972,89 @@ void Store::add_event(const std::string& kind, const std::string& message, const
   t.commit();
 }
 
+namespace {
+
+// The `status` view's progress and flops columns (migration v3) over `runs r`.
+constexpr const char* kStatusProgress =
+    "(CASE WHEN r.state = 'done' THEN 1.0 ELSE MIN(1.0, MAX(0.0, CAST(r.tokens_done - "
+    "COALESCE(r.branch_tokens, 0) AS REAL)) / COALESCE(r.trained_tokens, r.tokens)) END)";
+constexpr const char* kStatusFlops = "(6.0 * r.n_act * COALESCE(r.trained_tokens, r.tokens))";
+// The runs of one sweep, by name (bound as parameter 1).
+constexpr const char* kRunOfSweep =
+    "r.id IN (SELECT sr.run_id FROM sweep_runs sr JOIN sweeps w ON w.id = sr.sweep_id WHERE w.name = ?1)";
+
+// The `status` view's columns, then the runs-table columns beside them (status_row reads them), from
+// the tables. Through the view, which has no run id, runs was joined to itself by run_key and read in key
+// order, a page read per row: 1.3 s at 100,000 runs (bench/status_bench.sh).
+std::string status_select() {
+  return std::string("SELECT r.run_key, r.state, r.n_act, r.tokens, r.experts, ") + kStatusProgress +
+         ", r.step, r.last_loss, r.final_loss, r.tokens_per_s, a.rank, COALESCE(a.ranks, 0), r.attempts, "
+         "r.updated_at, r.error, " +
+         kStatusFlops +
+         " AS flops, r.kind, COALESCE(t.run_key, ''), r.branch_step, COALESCE(r.trained_tokens, r.tokens) "
+         "FROM runs r LEFT JOIN attempts a ON a.id = (SELECT MAX(id) FROM attempts WHERE run_id = r.id) "
+         "LEFT JOIN runs t ON t.id = r.trunk_id";
+}
+// +: sorting by the key's index would read the runs in key order.
+constexpr const char* kStatusOrder = " ORDER BY flops DESC, +r.run_key";
+
+// Reads that must see one snapshot of the database: a deferred BEGIN … COMMIT (no lock for writers to
+// wait on in WAL mode), unless the connection is inside a transaction already.
+class ReadSnapshot {
+ public:
+  explicit ReadSnapshot(sqlite3* db) : db_(sqlite3_get_autocommit(db) ? db : nullptr) {
+    if (db_) exec(db_, "BEGIN");
+  }
+  ReadSnapshot(const ReadSnapshot&) = delete;
+  ReadSnapshot& operator=(const ReadSnapshot&) = delete;
+  ~ReadSnapshot() {
+    if (db_) sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr);
+  }
+
+ private:
+  sqlite3* db_;
+};
+
+}  // namespace
+
 std::vector<StatusRow> Store::status(const std::optional<std::string>& sweep) const {
-  const char* all =
-      "SELECT st.*, r.kind, COALESCE(t.run_key, ''), r.branch_step, COALESCE(r.trained_tokens, r.tokens) "
-      "FROM status st JOIN runs r ON r.run_key = st.run_key LEFT JOIN runs t ON t.id = r.trunk_id "
-      "ORDER BY st.flops DESC, st.run_key";
-  const char* one =
-      "SELECT st.*, r.kind, COALESCE(t.run_key, ''), r.branch_step, COALESCE(r.trained_tokens, r.tokens) "
-      "FROM status st JOIN runs r ON r.run_key = st.run_key LEFT JOIN runs t ON t.id = r.trunk_id "
-      "JOIN sweep_runs sr ON sr.run_id = r.id "
-      "JOIN sweeps s ON s.id = sr.sweep_id WHERE s.name = ? ORDER BY st.flops DESC, st.run_key";
-  Statement s(db_, sweep ? one : all);
+  const std::string where = sweep ? std::string(" WHERE ") + kRunOfSweep : "";
+  Statement s(db_, (status_select() + where + kStatusOrder).c_str());
   if (sweep) s.bind(1, *sweep);
   std::vector<StatusRow> out;
   while (s.step()) out.push_back(status_row(s));
+  return out;
+}
+
+StatusDigest Store::status_digest(const std::optional<std::string>& sweep,
+                                  const std::vector<std::string>& listed) const {
+  // Folded here rather than by GROUP BY, whose sort cost as much as the pass itself. Both reads see one
+  // snapshot, so the listed rows are in the states the totals count them in.
+  const ReadSnapshot snapshot(db_);
+  StatusDigest out;
+  std::string listed_ids;
+  const std::string where = sweep ? std::string(" WHERE ") + kRunOfSweep : "";
+  Statement s(db_, (std::string("SELECT r.id, r.state, r.kind, ") + kStatusFlops + ", " + kStatusFlops +
+                    " * " + kStatusProgress + " FROM runs r" + where)
+                       .c_str());
+  if (sweep) s.bind(1, *sweep);
+  while (s.step()) {
+    const std::string state = s.text(1), kind = s.text(2);
+    auto t = std::find_if(out.totals.begin(), out.totals.end(),
+                          [&](const StatusTotals& x) { return x.state == state && x.kind == kind; });
+    if (t == out.totals.end()) t = out.totals.insert(t, StatusTotals{state, kind});
+    t->runs += 1;
+    t->flops += s.f64(3);
+    t->flops_done += s.f64(4);  // NULL (no tokens to train) counts 0, as status_row reads it
+    if (std::find(listed.begin(), listed.end(), state) != listed.end())
+      listed_ids += (listed_ids.empty() ? "" : ",") + std::to_string(s.i64(0));
+  }
+  std::sort(out.totals.begin(), out.totals.end(), [](const StatusTotals& x, const StatusTotals& y) {
+    return std::tie(x.state, x.kind) < std::tie(y.state, y.kind);
+  });
+  if (listed_ids.empty()) return out;
+  Statement rows(db_, (status_select() + " WHERE r.id IN (" + listed_ids + ")" + kStatusOrder).c_str());
+  while (rows.step()) out.listed.push_back(status_row(rows));
   return out;
 }
 
@@ -947,6 +1095,102 @@ std::vector<std::vector<std::string>> Store::query(const std::string& sql) const
     rows.push_back(std::move(row));
   }
   return rows;
+}
+
+namespace {
+
+std::int64_t file_size_or_zero(const std::string& path) {
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  return ec ? 0 : static_cast<std::int64_t>(size);
+}
+
+}  // namespace
+
+WalCheck Store::maintain_wal(double now, std::int64_t truncate_above_bytes) {
+  WalCheck check;
+  if (journal() != Journal::Wal) return check;
+  check.wal = true;
+  const std::string wal_path = path_ + "-wal";
+  check.wal_bytes = file_size_or_zero(wal_path);
+  int log_frames = -1, checkpointed = -1;
+  // PASSIVE neither waits for nor blocks anyone; BUSY means another checkpoint (the writer's automatic
+  // one) was running, and this check learns nothing about pins.
+  const int rc = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log_frames, &checkpointed);
+  const bool known = rc == SQLITE_OK && log_frames >= 0;
+  check.log_frames = std::max(log_frames, 0);
+  check.checkpointed_frames = std::max(checkpointed, 0);
+  const bool behind = known && checkpointed < log_frames;
+  {
+    Transaction t(db_);
+    Statement previous(db_, "SELECT pinned_since FROM wal_health WHERE id = 1");
+    const std::optional<double> since = previous.step() ? previous.opt_f64(0) : std::nullopt;
+    if (behind) check.pinned_since = since.value_or(now);
+    if (!known) check.pinned_since = since;
+    Statement(db_,
+              "INSERT INTO wal_health(id, checked_at, wal_bytes, log_frames, checkpointed_frames, pinned_since) "
+              "VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET checked_at = excluded.checked_at, "
+              "wal_bytes = excluded.wal_bytes, log_frames = excluded.log_frames, "
+              "checkpointed_frames = excluded.checkpointed_frames, pinned_since = excluded.pinned_since")
+        .bind(1, now)
+        .bind(2, check.wal_bytes)
+        .bind(3, check.log_frames)
+        .bind(4, check.checkpointed_frames)
+        .bind(5, check.pinned_since)
+        .run();
+    t.commit();
+  }
+  if (known && !behind && check.wal_bytes > truncate_above_bytes) {
+    // TRUNCATE holds the write lock while it waits in the busy handler for readers to leave the WAL: with
+    // the connection's 10 s it would stall every writer that long if a reader came in meanwhile. A reader
+    // that stays makes it give up (BUSY); the next call tries again.
+    sqlite3_busy_timeout(db_, 100);
+    check.truncated =
+        sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr) == SQLITE_OK;
+    sqlite3_busy_timeout(db_, 10'000);
+  }
+  check.wal_bytes_after = file_size_or_zero(wal_path);
+  return check;
+}
+
+std::optional<WalHealth> Store::wal_health() const {
+  Statement s(db_,
+              "SELECT checked_at, wal_bytes, log_frames, checkpointed_frames, pinned_since FROM wal_health "
+              "WHERE id = 1");
+  if (!s.step()) return std::nullopt;
+  WalHealth h;
+  h.checked_at = s.f64(0);
+  h.recorded_wal_bytes = s.i64(1);
+  h.log_frames = s.i64(2);
+  h.checkpointed_frames = s.i64(3);
+  h.pinned_since = s.opt_f64(4);
+  h.wal_bytes = file_size_or_zero(path_ + "-wal");
+  return h;
+}
+
+std::optional<std::string> wal_warning(const WalHealth& health, const std::string& db_path, double now) {
+  // Only what a coordinator saw lately: with none running the WAL does not grow, and an old record may
+  // name a reader long gone.
+  constexpr double kFresh = 600;
+  if (!health.pinned_since || health.wal_bytes <= kWalWarnBytes || now - health.checked_at > kFresh)
+    return std::nullopt;
+  const double held = health.checked_at - *health.pinned_since;
+  if (held <= kWalWarnPinnedS) return std::nullopt;
+  const std::time_t since = static_cast<std::time_t>(*health.pinned_since);
+  std::tm local{};
+  localtime_r(&since, &local);
+  char clock[32];
+  std::strftime(clock, sizeof clock, held < 86400 ? "%H:%M" : "%Y-%m-%d %H:%M", &local);
+  char text[512];
+  const std::string name = std::filesystem::path(db_path).filename().string() + "-wal";
+  std::snprintf(text, sizeof text,
+                held < 7200 ? "warning: %s is %.0f MiB and a reader has held a read transaction for %.0f min "
+                              "(since %s): close forgotten sqlite3 shells or notebooks"
+                            : "warning: %s is %.0f MiB and a reader has held a read transaction for %.1f h "
+                              "(since %s): close forgotten sqlite3 shells or notebooks",
+                name.c_str(), static_cast<double>(health.wal_bytes) / (1 << 20),
+                held < 7200 ? held / 60 : held / 3600, clock);
+  return std::string(text);
 }
 
 }  // namespace moesweep::db

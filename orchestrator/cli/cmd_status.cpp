@@ -82,6 +82,21 @@ std::string render_json(const db::Store& store, const std::optional<std::string>
                                {"slurm_state", state ? nlohmann::json(*state) : nlohmann::json()},
                                {"owner", owner}});
     }
+  // The journal the file is in, and what a writer here would choose (a read-only open changes nothing).
+  out["journal"] = {{"mode", db::journal_name(store.journal())},
+                    {"chosen", db::journal_name(store.journal_choice().journal)},
+                    {"reason", store.journal_choice().reason}};
+  nlohmann::json wal;  // null: a rollback journal, or no WAL upkeep recorded yet
+  if (const auto h = store.journal() == db::Journal::Wal ? store.wal_health() : std::nullopt) {
+    const auto warning = db::wal_warning(*h, store.path(), unix_now());
+    wal = {{"bytes", h->wal_bytes},
+           {"checked_at", h->checked_at},
+           {"log_frames", h->log_frames},
+           {"checkpointed_frames", h->checkpointed_frames},
+           {"pinned_since", h->pinned_since ? nlohmann::json(*h->pinned_since) : nlohmann::json()},
+           {"warning", warning ? nlohmann::json(*warning) : nlohmann::json()}};
+  }
+  out["wal"] = wal;
   out["runs_total"] = p.runs;
   out["counts"] = p.runs_by_state;
   out["flops_done"] = p.flops_done;
@@ -89,14 +104,33 @@ std::string render_json(const db::Store& store, const std::optional<std::string>
   out["progress"] = p.flops_total > 0 ? p.flops_done / p.flops_total : 0.0;
   out["flops_per_s"] = p.flops_per_s;
   out["eta_seconds"] = optional_json(p.eta_seconds);
-  out["runs"] = nlohmann::json::array();
-  for (const auto& r : rows) out["runs"].push_back(row_json(r));
-  return out.dump(2) + "\n";
+  // The runs go into the text row by row, not into one document first: 100,000 rows as one
+  // nlohmann::json took most of --json's time. The text is the same as the whole document's dump(2).
+  const std::string marker = "\x01runs\x01";
+  out["runs"] = marker;
+  std::string text = out.dump(2) + "\n";
+  const std::string placeholder = "\"runs\": " + nlohmann::json(marker).dump();
+  const std::size_t at = text.find(placeholder);
+  std::string json = text.substr(0, at) + "\"runs\": [";
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    json += i > 0 ? ",\n    " : "\n    ";
+    for (const char c : row_json(rows[i]).dump(2)) {
+      if (c == '\n')
+        json += "\n    ";  // the row sits two levels in
+      else
+        json += c;
+    }
+  }
+  json += rows.empty() ? "]" : "\n  ]";
+  return json.append(text, at + placeholder.size());
 }
 
 std::string render_text(const db::Store& store, const std::optional<std::string>& sweep) {
-  const auto rows = store.status(sweep);
-  const auto p = orchestrator::summarize(rows);
+  // Totals, and the rows of the runs listed below: not a row for every run.
+  const auto digest = store.status_digest(sweep, {"running", "failed", "diverged"});
+  const auto& totals = digest.totals;
+  const auto& rows = digest.listed;
+  const auto p = orchestrator::summarize(totals, rows);
   std::ostringstream o;
   char line[512];
 
@@ -113,14 +147,20 @@ std::string render_text(const db::Store& store, const std::optional<std::string>
       o << " owned by " << lease->owner.host << " pid " << lease->owner.pid;
   }
   o << "\n";
+  // WAL on a network file system: a writer here switches it at its next open; until then, say so.
+  if (store.journal() == db::Journal::Wal && store.journal_choice().journal == db::Journal::Rollback)
+    o << "warning: the database is in WAL mode, which is not safe across hosts (" << store.journal_choice().reason
+      << "); the next moesweep run or submit switches it to a rollback journal\n";
+  if (const auto h = store.wal_health())
+    if (const auto warning = db::wal_warning(*h, store.path(), unix_now())) o << *warning << "\n";
 
   o << "runs: " << p.runs << " —";
   for (const char* state : {"done", "running", "pending", "preempted", "failed", "diverged"})
     if (auto it = p.runs_by_state.find(state); it != p.runs_by_state.end())
       o << " " << it->second << " " << state;
   std::int64_t trunks = 0, trunks_done = 0;
-  for (const auto& r : rows)
-    if (r.kind == "trunk") ++trunks, trunks_done += r.state == "done";
+  for (const auto& t : totals)
+    if (t.kind == "trunk") trunks += t.runs, trunks_done += t.state == "done" ? t.runs : 0;
   if (trunks > 0)
     o << " (" << trunks << " cooldown trunks, " << trunks_done << " done; the rest are their branches)";
   o << "\n";

@@ -153,7 +153,7 @@ void run_submit(const SubmitCli& cli) {
   //    tell; when it cannot tell, none either. (--force overrides; the job's coordinator then still
   //    takes the sweep's lease, so two jobs never run the sweep at once.)
   if (fs::exists(o.db_path)) {
-    db::Store store = db::Store::open(o.db_path);
+    db::Store store = db::Store::open(o.db_path, db::Store::Mode::ReadWrite, sweep.journal);
     if (const auto blocker = job_that_may_run(store, sweep.name)) {
       if (!cli.force)
         throw InputError("sweep '" + sweep.name + "' " + blocker->what +
@@ -169,7 +169,7 @@ void run_submit(const SubmitCli& cli) {
   const auto outcome = slurm::classify_sbatch(slurm::run_command({"sbatch", "--parsable"}, script));
   if (outcome.kind == slurm::SbatchOutcome::Kind::Refused)  // nothing queued: the user's input
     throw InputError("sbatch refused the job: " + outcome.detail);
-  db::Store store = db::Store::open(o.db_path);
+  db::Store store = db::Store::open(o.db_path, db::Store::Mode::ReadWrite, sweep.journal);
   store.register_sweep(sweep.name, context.sweep_path, run_specs(sweep));
   const std::string name = slurm::job_name(sweep.name);
   if (outcome.kind == slurm::SbatchOutcome::Kind::Unknown) {

@@ -23,4 +23,23 @@ SweepProgress summarize(const std::vector<db::StatusRow>& rows) {
   return p;
 }
 
+SweepProgress summarize(const std::vector<db::StatusTotals>& totals,
+                        const std::vector<db::StatusRow>& running) {
+  SweepProgress p;
+  double remaining = 0;
+  for (const db::StatusTotals& t : totals) {
+    p.runs_by_state[t.state] += t.runs;
+    p.runs += t.runs;
+    p.flops_total += t.flops;
+    p.flops_done += t.flops_done;
+    if (t.state == "pending" || t.state == "running" || t.state == "preempted")
+      remaining += t.flops - t.flops_done;
+  }
+  for (const db::StatusRow& r : running)
+    if (r.state == "running" && r.tokens_per_s)
+      p.flops_per_s += 6.0 * static_cast<double>(r.n_act) * *r.tokens_per_s;
+  if (p.flops_per_s > 0) p.eta_seconds = remaining / p.flops_per_s;
+  return p;
+}
+
 }  // namespace moesweep::orchestrator

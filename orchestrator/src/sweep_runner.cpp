@@ -121,10 +121,15 @@ fs::path run_dir(const SweepRunOptions& o, const ExpandedRun& run) { return fs::
 // Keeps the coordinator's lease alive from its own thread and connection, so that nothing the main
 // thread does (a long serial eval, a slow store write) lets it lapse. When a renewal finds the lease
 // broken, another coordinator has taken the sweep: lost() turns true and the coordinator must stop.
+// After each renewal it also keeps the WAL in check (Store::maintain_wal), on this same connection.
 class LeaseKeeper {
  public:
-  LeaseKeeper(std::string db_path, std::int64_t lease_id, double ttl_s)
-      : db_path_(std::move(db_path)), lease_id_(lease_id), ttl_s_(ttl_s), thread_([this] { loop(); }) {}
+  LeaseKeeper(std::string db_path, db::Journal journal, std::int64_t lease_id, double ttl_s)
+      : db_path_(std::move(db_path)),
+        journal_(journal),
+        lease_id_(lease_id),
+        ttl_s_(ttl_s),
+        thread_([this] { loop(); }) {}
   ~LeaseKeeper() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -138,11 +143,14 @@ class LeaseKeeper {
  private:
   void loop() {
     const auto every = std::chrono::duration<double>(std::max(0.1, ttl_s_ / 6));
+    // The WAL's upkeep writes a row too: every 30 s is often enough for a warning about minutes.
+    const auto upkeep_every = std::chrono::seconds(30);
+    auto last_upkeep = Clock::now() - upkeep_every;
     std::optional<db::Store> store;
     std::unique_lock<std::mutex> lock(mutex_);
     while (!wake_.wait_for(lock, every, [this] { return done_; })) {
       try {
-        if (!store) store.emplace(db::Store::open(db_path_));
+        if (!store) store.emplace(db::Store::open(db_path_, db::Store::Mode::ReadWrite, journal_));
         if (!store->renew_lease(lease_id_, ttl_s_, unix_now())) {
           lost_.store(true);
           return;
@@ -150,10 +158,19 @@ class LeaseKeeper {
       } catch (const std::exception& e) {  // a busy or unreachable store: try again at the next tick
         std::fprintf(stderr, "moesweep run: could not renew the sweep's lease: %s\n", e.what());
         store.reset();
+        continue;
+      }
+      if (Clock::now() - last_upkeep < upkeep_every) continue;
+      last_upkeep = Clock::now();
+      try {
+        store->maintain_wal(unix_now());
+      } catch (const std::exception& e) {  // upkeep only: the next tick tries again
+        std::fprintf(stderr, "moesweep run: could not check the store's WAL: %s\n", e.what());
       }
     }
   }
   std::string db_path_;
+  db::Journal journal_;
   std::int64_t lease_id_;
   double ttl_s_;
   std::atomic<bool> lost_{false};
@@ -234,7 +251,7 @@ class Coordinator {
   Coordinator(const SweepRunOptions& options, Sweep sweep, int world_size)
       : options_(options),
         sweep_(std::move(sweep)),
-        store_(db::Store::open(options.db_path)),
+        store_(db::Store::open(options.db_path, db::Store::Mode::ReadWrite, sweep_.journal)),
         scheduler_(scheduling::run_facts(sweep_), scheduler_options(options, sweep_.resources)),
         worker_ranks_(std::max(1, world_size - 1)) {
     std::vector<db::RunSpec> specs;
@@ -242,7 +259,9 @@ class Coordinator {
     // The lease first: registering changes the sweep's runs, which only its owner may do.
     if (!store_.sweep(sweep_.name)) store_.register_sweep(sweep_.name, options.sweep_path, {});
     lease_id_ = acquire_lease(store_, sweep_.name, options_);
-    keeper_.emplace(options_.db_path, lease_id_, options_.lease_s);
+    std::fprintf(stderr, "moesweep run: store %s: journal %s\n", options.db_path.c_str(),
+                 store_.journal_choice().reason.c_str());
+    keeper_.emplace(options_.db_path, sweep_.journal, lease_id_, options_.lease_s);
     const auto added = store_.register_sweep(sweep_.name, options.sweep_path, specs);
     // Only attempts whose coordinator's lease has lapsed: another coordinator's live runs stay its own.
     const auto requeued =

@@ -505,7 +505,8 @@ Point base_point(const std::string& file, const toml::table& root, const std::se
     std::string key(k.str());
     if (!allowed.count(key)) {
       std::vector<std::string> known(allowed.begin(), allowed.end());
-      std::string hint = (key == "grid" || key == "sweep" || key == "filters" || key == "resources")
+      std::string hint = (key == "grid" || key == "sweep" || key == "filters" || key == "resources" ||
+                          key == "store")
                              ? "only sweep files have [" + key + "]; use moesweep expand/run for a sweep"
                              : unknown_key_message(key, known);
       throw InputError::at(file, line_of(node), key, hint);
@@ -692,7 +693,8 @@ RunConfig load_run_file(const std::string& path) {
 
 Sweep load_sweep_file(const std::string& path) {
   toml::table root = parse(path);
-  Point base = base_point(path, root, {"data", "model", "train", "sweep", "resources", "filters", "grid"});
+  Point base =
+      base_point(path, root, {"data", "model", "train", "sweep", "resources", "store", "filters", "grid"});
 
   Sweep sweep;
   sweep.path = path;
@@ -736,6 +738,20 @@ Sweep load_sweep_file(const std::string& path) {
       } else {
         value.fail(unknown_key_message(
             k.str(), {"rank_memory", "max_attempts", "heartbeat_timeout_s", "wall_clock", "rank_flops"}));
+      }
+    }
+  }
+
+  if (const toml::node* node = root.get("store")) {
+    for (auto&& [k, v] : as_table(path, *node, "store")) {
+      Value value{path, v, "store." + std::string(k.str())};
+      if (k == "journal") {
+        const std::string text = value.string();
+        if (text != "auto" && text != "wal" && text != "rollback")
+          value.fail("expected \"auto\", \"wal\" or \"rollback\", got \"" + text + "\"");
+        sweep.journal = db::parse_journal(text, "store.journal");
+      } else {
+        value.fail(unknown_key_message(k.str(), {"journal"}));
       }
     }
   }

@@ -11,6 +11,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "moesweep/input_error.h"
 
@@ -89,6 +90,78 @@ TEST_F(StoreTest, WalModeAndSchemaVersion) {
   Store store = Store::open(db_path());
   EXPECT_EQ(store.query("PRAGMA journal_mode")[0][0], "wal");
   EXPECT_EQ(store.schema_version(), moesweep::db::latest_schema_version());
+}
+
+// Store::status reads the tables, not the view (the view has no run id to join on): the same columns.
+// status_digest's totals and listed rows are those of status(), a run shared by two sweeps counted once.
+TEST_F(StoreTest, StatusDigestAgreesWithEveryRowAndStatusWithTheView) {
+  Store store = Store::open(db_path());
+  RunSpec trunk = run("trunk", 3000, 40000, 4);
+  trunk.kind = "trunk";
+  trunk.trained_tokens = 32000;
+  RunSpec branch = run("branch", 3000, 40000, 4);
+  branch.kind = "branch";
+  branch.trunk_key = "trunk";
+  branch.branch_step = 8;
+  branch.branch_tokens = 32000;
+  branch.trained_tokens = 8000;
+  store.register_sweep("first", "a.toml",
+                       {run("a", 1000, 10000), run("b", 2000, 10000), trunk, branch, run("f", 500, 10000)});
+  store.register_sweep("second", "b.toml", {run("b", 2000, 10000), run("c", 3000, 10000)});
+  const auto a = store.start_attempt("a", 1, 1, "node1");
+  store.record_heartbeats({Heartbeat{a, 20, 5000, 3.2, std::nullopt, 1300.0, 1e-3}});
+  const auto t = store.start_attempt("trunk", 2, 2, "node1");
+  store.finish_attempt(t, AttemptEnd{"done", "completed", 3.0, 3.1, ""});
+  const auto b = store.start_attempt("branch", 3, 1, "node2");
+  store.record_heartbeats({Heartbeat{b, 10, 36000, 3.4, std::nullopt, 900.0, 1e-3}});  // 4000 of its 8000
+  const auto f1 = store.start_attempt("f", 1, 1, "node2");
+  store.finish_attempt(f1, AttemptEnd{"failed", "exception", std::nullopt, std::nullopt, "boom"});
+
+  const std::vector<std::optional<std::string>> sweeps = {std::nullopt, "first", "second"};
+  for (const auto& sweep : sweeps) {
+    const auto rows = store.status(sweep);
+    std::map<std::pair<std::string, std::string>, moesweep::db::StatusTotals> folded;
+    std::vector<std::string> listed;
+    for (const auto& r : rows) {
+      auto& f = folded[{r.state, r.kind}];
+      f.runs += 1;
+      f.flops += r.flops;
+      f.flops_done += r.flops * r.progress;
+      if (r.state == "running" || r.state == "failed") listed.push_back(r.run_key);
+    }
+    const auto digest = store.status_digest(sweep, {"running", "failed"});
+    ASSERT_EQ(digest.totals.size(), folded.size()) << sweep.value_or("all");
+    for (const auto& got : digest.totals) {
+      const auto& want = folded.at({got.state, got.kind});
+      EXPECT_EQ(got.runs, want.runs) << got.state << " " << got.kind;
+      EXPECT_DOUBLE_EQ(got.flops, want.flops) << got.state << " " << got.kind;
+      EXPECT_DOUBLE_EQ(got.flops_done, want.flops_done) << got.state << " " << got.kind;
+    }
+    std::vector<std::string> got_listed;
+    for (const auto& r : digest.listed) got_listed.push_back(r.run_key);
+    EXPECT_EQ(got_listed, listed) << sweep.value_or("all");  // and in the same order
+  }
+  EXPECT_EQ(store.status().size(), 6u);
+  const auto second = store.status_digest("second", {"running"});
+  ASSERT_EQ(second.totals.size(), 1u);  // b and c, both pending runs
+  EXPECT_EQ(second.totals[0].runs, 2);
+  EXPECT_TRUE(second.listed.empty());
+
+  // Each row's view columns are the view's.
+  std::map<std::string, std::vector<std::string>> view;
+  for (auto& row : store.query("SELECT * FROM status")) view[row[0]] = row;
+  for (const auto& r : store.status()) {
+    const auto& v = view.at(r.run_key);
+    EXPECT_EQ(v[1], r.state);
+    EXPECT_DOUBLE_EQ(std::stod(v[5]), r.progress) << r.run_key;
+    EXPECT_EQ(v[10], r.rank ? std::to_string(*r.rank) : "") << r.run_key;
+    EXPECT_EQ(std::stoll(v[11]), r.ranks) << r.run_key;
+    EXPECT_DOUBLE_EQ(std::stod(v[15]), r.flops) << r.run_key;
+  }
+  const auto rows = store.status();
+  const auto& br = *std::find_if(rows.begin(), rows.end(), [](auto& r) { return r.run_key == "branch"; });
+  EXPECT_DOUBLE_EQ(br.progress, 0.5);
+  EXPECT_EQ(br.trunk_key, "trunk");
 }
 
 TEST_F(StoreTest, StatusViewFollowsAnAttemptFromStartToDone) {

@@ -40,4 +40,30 @@ TEST(Progress, NoEtaWithNothingRunningAndFailuresAreNotRemainingWork) {
   EXPECT_DOUBLE_EQ(*p.eta_seconds, 1000 / 10.0);
 }
 
+// `moesweep status` reads totals per (state, kind) and the running runs' rows instead of every row: the
+// same figures.
+TEST(Progress, FromTotalsAndRunningRowsAsFromEveryRow) {
+  const std::vector<moesweep::db::StatusRow> rows = {row("running", 1000, 1'000'000, 0.5, 100.0),
+                                                     row("running", 50, 20'000, 0.25),  // no rate yet
+                                                     row("done", 10, 1000, 1.0),
+                                                     row("preempted", 100, 10'000, 0.3),
+                                                     row("pending", 100, 10'000, 0.0),
+                                                     row("failed", 100, 1'000'000, 0.1)};
+  std::vector<moesweep::db::StatusTotals> totals;
+  std::vector<moesweep::db::StatusRow> running;
+  for (const auto& r : rows) {
+    totals.push_back({r.state, "run", 1, r.flops, r.flops * r.progress});
+    if (r.state == "running") running.push_back(r);
+  }
+  const auto all = moesweep::orchestrator::summarize(rows);
+  const auto folded = moesweep::orchestrator::summarize(totals, running);
+  EXPECT_EQ(folded.runs, all.runs);
+  EXPECT_EQ(folded.runs_by_state, all.runs_by_state);
+  EXPECT_DOUBLE_EQ(folded.flops_total, all.flops_total);
+  EXPECT_DOUBLE_EQ(folded.flops_done, all.flops_done);
+  EXPECT_DOUBLE_EQ(folded.flops_per_s, all.flops_per_s);
+  ASSERT_TRUE(folded.eta_seconds.has_value());
+  EXPECT_DOUBLE_EQ(*folded.eta_seconds, *all.eta_seconds);
+}
+
 }  // namespace

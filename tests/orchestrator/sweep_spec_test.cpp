@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -416,6 +417,21 @@ warmup_tokens = 100_000
   }
 }
 
+TEST_F(TempFiles, TheStoreSectionChoosesTheJournal) {
+  const std::string base = std::string(kData) + "[train]\ntokens = 1000000\n";
+  EXPECT_EQ(load_sweep_file(write("default.toml", base)).journal, moesweep::db::Journal::Auto);
+  EXPECT_EQ(load_sweep_file(write("wal.toml", base + "[store]\njournal = \"wal\"\n")).journal,
+            moesweep::db::Journal::Wal);
+  EXPECT_EQ(load_sweep_file(write("rollback.toml", base + "[store]\njournal = \"rollback\"\n")).journal,
+            moesweep::db::Journal::Rollback);
+  try {
+    load_run_file(write("run_store.toml", base + "[store]\njournal = \"wal\"\n"));
+    FAIL() << "a run file with [store] was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("only sweep files have [store]"), std::string::npos) << e.what();
+  }
+}
+
 // tests/data/bad: each file states the message fragment it must produce on its first line
 // ("# expect: ..."); an empty file must say so.
 std::vector<std::pair<fs::path, std::string>> bad_inputs() {
@@ -506,6 +522,39 @@ TEST_F(TempFiles, StatusShowsCountsComputeRunningRunsAndFailures) {
   const double rate = 6.0 * static_cast<double>(smoke.runs[3].n_act) * 5000;
   EXPECT_NEAR(j["eta_seconds"].get<double>(), (total - smoke.runs[0].flops - smoke.runs[3].flops / 2) / rate,
               1e-6);
+}
+
+TEST_F(TempFiles, StatusWarnsWhenAReaderHasPinnedALargeWal) {
+  const std::string db_path = (dir_ / "sweep.db").string();
+  auto writer = moesweep::db::Store::open(db_path, moesweep::db::Store::Mode::ReadWrite, moesweep::db::Journal::Wal);
+  writer.register_sweep("s", "s.toml", {});
+  // A forgotten sqlite3 shell holds a read transaction while the coordinator writes 70 MB.
+  auto reader = moesweep::db::Store::open(db_path, moesweep::db::Store::Mode::ReadOnly);
+  reader.query("BEGIN");
+  reader.query("SELECT COUNT(*) FROM events");
+  const std::string payload(8000, 'x');
+  for (int i = 0; i < 9000; ++i) writer.add_event("beat", payload);
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  writer.maintain_wal(now - 590);  // the coordinator first saw the pin ten minutes ago
+  writer.maintain_wal(now);
+
+  const CommandResult text = run_command("status --db " + db_path);
+  ASSERT_EQ(text.status, 0) << text.err;
+  EXPECT_NE(text.out.find("warning: sweep.db-wal is "), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("a reader has held a read transaction for 10 min"), std::string::npos) << text.out;
+  const CommandResult json = run_command("status --json --db " + db_path);
+  ASSERT_EQ(json.status, 0) << json.err;
+  const auto j = nlohmann::json::parse(json.out);
+  EXPECT_EQ(j["journal"]["mode"], "wal");
+  EXPECT_GT(j["wal"]["bytes"].get<std::int64_t>(), moesweep::db::kWalWarnBytes);
+  EXPECT_TRUE(j["wal"]["warning"].is_string());
+
+  reader.query("COMMIT");  // the shell is closed: the next upkeep empties the WAL
+  EXPECT_TRUE(writer.maintain_wal(now + 10).truncated);
+  const CommandResult after = run_command("status --db " + db_path);
+  ASSERT_EQ(after.status, 0) << after.err;
+  EXPECT_EQ(after.out.find("warning:"), std::string::npos) << after.out;
 }
 
 }  // namespace

@@ -1,14 +1,18 @@
 #pragma once
 // The SQLite store of a sweep: schema and migrations, every SQL statement, the monitoring views.
-// WAL mode with a busy timeout, so readers (`moesweep status`, `sqlite3 ... 'select * from status'`)
-// never block the writers. Each write method is one transaction. One coordinator owns a sweep at a time
-// (a lease, below); several coordinators may write one database for different sweeps, and a run shared
-// by two sweeps is claimed by one of them at a time (claim_run).
+// On a local disk the database is in WAL mode, so readers (`moesweep status`, `sqlite3 ... 'select * from
+// status'`) never block the writers; on a network or cluster file system (NFS, Lustre, GPFS, ...), where
+// WAL breaks across hosts, it uses a rollback journal instead (journal.h has the rule and its overrides).
+// Every connection has a 10 s busy timeout. Each write method is one transaction. One coordinator owns a
+// sweep at a time (a lease, below); several coordinators may write one database for different sweeps, and
+// a run shared by two sweeps is claimed by one of them at a time (claim_run).
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "moesweep/db/journal.h"
 
 struct sqlite3;
 
@@ -82,6 +86,24 @@ struct SummaryRow {
   double flops_total = 0;
 };
 
+// The runs of one (state, kind), counted as the `status` view counts them: `moesweep status`'s totals
+// without reading every run's row. Unlike SummaryRow, a run in several sweeps counts once.
+struct StatusTotals {
+  std::string state;
+  std::string kind;  // run | trunk | branch
+  std::int64_t runs = 0;
+  double flops = 0;       // Σ StatusRow::flops
+  double flops_done = 0;  // Σ StatusRow::flops · progress
+};
+
+// Store::status_digest: the runs folded into totals, and the full rows of those in a `listed` state.
+// One pass over the runs, then one read of the listed rows, instead of a row for each run (100,000 runs:
+// bench/status_bench.sh).
+struct StatusDigest {
+  std::vector<StatusTotals> totals;  // by state, then kind
+  std::vector<StatusRow> listed;     // in Store::status's order
+};
+
 // A finished run, as the fit reads it.
 struct FinishedRun {
   std::string run_key;
@@ -139,14 +161,79 @@ struct Submission {
   std::string at;
 };
 
+// WAL upkeep (schema v6). A reader that keeps a read transaction open (a forgotten sqlite3 shell, a
+// notebook) pins the WAL: no checkpoint may copy frames past its snapshot into the database file, so
+// every write grows the -wal file until the reader ends its transaction, and SQLite cannot shrink it
+// under the reader. Store::maintain_wal copies what it can, empties the file once the reader has left,
+// and records since when frames have stayed behind, so `moesweep status` can name the cause.
+//
+// Read-write connections in WAL mode set journal_size_limit to this: a WAL that grew while pinned is cut
+// back to it when it next resets, even with no maintain_wal (each time a WAL file resets, SQLite
+// truncates it to the limit if it is larger: https://www.sqlite.org/pragma.html#pragma_journal_size_limit).
+inline constexpr std::int64_t kWalSizeLimitBytes = 64ll << 20;
+// maintain_wal empties (TRUNCATE checkpoint) a fully copied -wal file above this size. The automatic
+// checkpoint keeps a WAL near 1000 pages (4 MiB at SQLite's default 4 KiB page); a file four times that
+// means checkpoints were held back. Below it the file is left for SQLite to reuse, which is faster than
+// growing it again.
+inline constexpr std::int64_t kWalTruncateAboveBytes = 16ll << 20;
+// `moesweep status` warns when the -wal file is above this size and has been pinned for kWalWarnPinnedS.
+inline constexpr std::int64_t kWalWarnBytes = kWalSizeLimitBytes;
+inline constexpr double kWalWarnPinnedS = 300;
+
+// What one maintain_wal call saw and did.
+struct WalCheck {
+  bool wal = false;  // the database is in WAL mode (false: rollback journal, and nothing was done)
+  std::int64_t log_frames = 0;           // frames in the WAL before the checkpoint
+  std::int64_t checkpointed_frames = 0;  // of these, frames now copied into the database file
+  std::int64_t wal_bytes = 0;            // the -wal file's size before this call
+  std::int64_t wal_bytes_after = 0;      // and after it
+  bool truncated = false;                // everything was copied and the -wal file emptied
+  std::optional<double> pinned_since;    // unix s: since when frames have stayed behind; unset: none do
+};
+
+// The last maintain_wal's record (the wal_health table), for `moesweep status`.
+struct WalHealth {
+  double checked_at = 0;  // unix seconds, by the coordinator's clock
+  std::int64_t recorded_wal_bytes = 0;
+  std::int64_t log_frames = 0;
+  std::int64_t checkpointed_frames = 0;
+  std::optional<double> pinned_since;  // unix s
+  std::int64_t wal_bytes = 0;          // the -wal file's size now (stat), 0 when there is none
+};
+
+// `moesweep status`'s warning line, or nullopt: the -wal file of `db_path` is above kWalWarnBytes and a
+// reader has kept frames from being checkpointed for more than kWalWarnPinnedS, as a coordinator saw it
+// within the last 10 min of `now` (unix seconds). E.g. "warning: sweep.db-wal is 210 MiB and a reader has
+// held a read transaction for 38 min (since 14:02): close forgotten sqlite3 shells or notebooks" (local
+// time).
+std::optional<std::string> wal_warning(const WalHealth& health, const std::string& db_path, double now);
+
 class Store {
  public:
   enum class Mode { ReadWrite, ReadOnly };
 
-  // Opens (creating in ReadWrite mode) and migrates to the latest schema. ReadOnly never writes and
-  // refuses a missing file or a schema newer than this build. Throws InputError for a file that is
-  // not a moesweep database.
-  static Store open(const std::string& path, Mode mode = Mode::ReadWrite);
+  // Opens (creating in ReadWrite mode) and migrates to the latest schema. Throws InputError for a file
+  // that is not a moesweep database.
+  //
+  // ReadWrite applies the journal choose_journal_for(path, journal) picks (MOESWEEP_JOURNAL, then
+  // `journal`, then the file system): WAL with synchronous = NORMAL (a commit is durable at the next
+  // checkpoint; WAL keeps the file consistent through a crash or power loss either way), or the rollback
+  // journal with synchronous = FULL (with NORMAL "a power failure at just the wrong time could corrupt
+  // the database in journal_mode=DELETE", https://www.sqlite.org/pragma.html#pragma_synchronous; FULL
+  // also syncs the journal before its header counts its pages, and on a shared file system that crash
+  // may be any client's or the server's). An existing file switches between the two here. Leaving WAL
+  // needs every other connection to the file closed (entering it, no transaction open): the open waits
+  // up to 10 s for that, and if another process still holds it (another coordinator, a sqlite3 shell) it
+  // goes on in the file's current mode and says so in one line on stderr: every process then agrees on
+  // that mode, which is as safe as the file was before, and failing would only keep the job from
+  // running. The next read-write open tries again.
+  //
+  // ReadOnly never writes the database or its journal: no checkpoint, no mode change, no rollback of a
+  // hot journal (in WAL mode SQLite may rebuild the -shm index, a cache of the WAL). It refuses a
+  // missing file, a schema other than this build's, and a rollback journal that a writer killed
+  // mid-transaction left behind (the next read-write open, e.g. `moesweep run`, rolls it back; reading
+  // before that would see half a transaction).
+  static Store open(const std::string& path, Mode mode = Mode::ReadWrite, Journal journal = Journal::Auto);
   // For migration tests: create/upgrade only up to `version`.
   static Store open_at_version(const std::string& path, int version);
 
@@ -156,6 +243,21 @@ class Store {
 
   int schema_version() const;
   const std::string& path() const { return path_; }
+  // The journal the file is in now: Wal or Rollback.
+  Journal journal() const;
+  // What this open chose, and why (ReadOnly: what a read-write open here would choose). journal()
+  // differs from it when another process kept a read-write open from switching, or before the first.
+  const JournalChoice& journal_choice() const { return journal_choice_; }
+
+  // WAL upkeep, for the coordinator to call every half minute or so, on a connection of its own (it
+  // waits up to 100 ms for the write lock). A PASSIVE checkpoint copies into the database file whatever
+  // no reader still needs, without waiting; when that was everything and the -wal file is above
+  // `truncate_above_bytes`, a TRUNCATE checkpoint empties it
+  // (https://www.sqlite.org/c3ref/wal_checkpoint_v2.html). What it saw goes into the wal_health table in
+  // one transaction; `now` (unix seconds) dates it and starts pinned_since. Nothing in rollback mode.
+  WalCheck maintain_wal(double now, std::int64_t truncate_above_bytes = kWalTruncateAboveBytes);
+  // The last maintain_wal's record, with the -wal file's size now; nullopt when none was made.
+  std::optional<WalHealth> wal_health() const;
 
   // Registers a sweep and its runs in one transaction. Idempotent: runs are inserted-or-ignored by
   // run_key and linked to the sweep; a run shared with another sweep is the same row. The sweep's links
@@ -229,7 +331,11 @@ class Store {
   void add_event(const std::string& kind, const std::string& message, const std::string& run_key = "");
 
   // Reads.
+  // Every run (of `sweep`, or of all sweeps, each run once), most FLOPs first, then by run key.
   std::vector<StatusRow> status(const std::optional<std::string>& sweep = std::nullopt) const;
+  // The same runs without a row for each: `moesweep status`'s reading (StatusDigest).
+  StatusDigest status_digest(const std::optional<std::string>& sweep,
+                             const std::vector<std::string>& listed) const;
   std::vector<SummaryRow> summary(const std::optional<std::string>& sweep = std::nullopt) const;
   // Done runs with a final loss, as the fit reads them: cooldown trunks are left out (only their
   // branches, which end in a decay, are grid points).
@@ -243,6 +349,7 @@ class Store {
   sqlite3* db_ = nullptr;
   std::string path_;
   Mode mode_ = Mode::ReadWrite;
+  JournalChoice journal_choice_;
 };
 
 }  // namespace moesweep::db

@@ -19,5 +19,9 @@ struct SweepProgress {
 };
 
 SweepProgress summarize(const std::vector<db::StatusRow>& rows);
+// The same from the store's totals per (state, kind) and the rows of the running runs (their measured
+// throughput), without every run's row; equal up to the order of the floating-point sums.
+SweepProgress summarize(const std::vector<db::StatusTotals>& totals,
+                        const std::vector<db::StatusRow>& running);
 
 }  // namespace moesweep::orchestrator

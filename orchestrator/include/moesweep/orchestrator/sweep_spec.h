@@ -2,7 +2,7 @@
 // Run files and sweep files (TOML) → fully resolved runs with stable keys.
 //
 // A run file holds [data], [model] and [train]. A sweep file holds the same sections as defaults, plus
-// [sweep] (name), [resources], [filters] and [[grid]] blocks; each block is the product of its lists and
+// [sweep] (name), [resources], [store] (journal), [filters] and [[grid]] blocks; each block is the product of its lists and
 // the sweep is the union of its blocks (a grid point listed twice is one run). Relative data paths are
 // kept as written (they resolve against the working directory when a run opens them), so a run's key is
 // the same on every machine.
@@ -61,6 +61,9 @@ struct Sweep {
   std::string path;
   std::string name;  // [sweep] name, default: the file's stem
   Resources resources;
+  // [store] journal = "auto" | "wal" | "rollback": the database's journal (db/journal.h: auto is a
+  // rollback journal on a network file system, WAL elsewhere; MOESWEEP_JOURNAL overrides it).
+  db::Journal journal = db::Journal::Auto;
   std::vector<ExpandedRun> runs;  // canonical order: by FLOPs, then N_act, E, D, kind, key
 
   // load_sweep_file refuses (InputError, naming the file, line and key) a sweep whose grid points add up
