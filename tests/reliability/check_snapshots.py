@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""check_snapshots.py RUNS LOG...: every snapshot the readers of readers.sh took is one committed state.
+"""check_snapshots.py RUNS MIN_READS LOG...: every snapshot the readers of readers.sh took is one committed
+state, and each kind of reader took at least MIN_READS of them.
 
 A log holds blocks "=== moesweep STATUS" (then `moesweep status --json` output) and "=== sqlite3 STATUS"
 (then `sqlite3 -header ... 'select * from status'`: a header line, then '|'-separated rows). Prints what
@@ -45,10 +46,11 @@ def check(runs_expected, path, kind, body, where):
 
 def main():
     runs_expected = int(sys.argv[1])
+    min_reads = int(sys.argv[2])
     counts = {"moesweep": 0, "sqlite3": 0}
     states_seen = set()
     try:
-        for path in sys.argv[2:]:
+        for path in sys.argv[3:]:
             kind, status, body, start = None, None, [], 0
             blocks = []
             with open(path, encoding="utf-8", errors="replace") as f:
@@ -73,8 +75,8 @@ def main():
     except (ValueError, KeyError, json.JSONDecodeError) as e:
         print(f"FAIL: {e}", file=sys.stderr)
         return 1
-    if min(counts.values()) == 0:
-        print("FAIL: a kind of reader took no snapshot", file=sys.stderr)
+    if min(counts.values()) < min_reads:
+        print(f"FAIL: fewer than {min_reads} snapshots of a kind: {counts}", file=sys.stderr)
         return 1
     print(f"ok: {counts['moesweep']} moesweep status and {counts['sqlite3']} sqlite3 snapshots, each one "
           f"committed state (states seen: {', '.join(sorted(states_seen))})")

@@ -3,9 +3,9 @@
 # the two figures the promise is about, runs lost and duplicate results, both of which must be 0.
 set -euo pipefail
 RESULTS=${MOESWEEP_RELIABILITY_RESULTS:?ctest passes the results directory}
-parts=(kill_random kill_worker torn_files bad_inputs readers disk_full)
+parts=(kill_random kill_worker torn_files bad_inputs readers_wal readers_rollback disk_full)
 total_faults=0 total_bad=0 total_sweeps=0 total_lost=0 total_duplicates=0 failed=0
-row() { printf '%-12s %-7s %7s %11s %8s %10s %11s %8s  %s\n' "$@" | tee -a "$RESULTS/summary.txt"; }
+row() { printf '%-16s %-7s %7s %11s %8s %10s %11s %8s  %s\n' "$@" | tee -a "$RESULTS/summary.txt"; }
 mkdir -p "$RESULTS" && : > "$RESULTS/summary.txt"
 row part result faults "bad inputs" sweeps "runs lost" duplicates seconds note
 for part in "${parts[@]}"; do
