@@ -68,8 +68,9 @@ python3 - "$out/fit.json" <<'EOF'
 import json, sys
 fit = json.load(open(sys.argv[1]))
 c = fit["coefficients"]
+# A dense fit (only E = 1 runs) has no e_start or e_max.
 print("fitted law: " + ", ".join(f"{k} {c[k]:.4g}" for k in
-      ("a", "alpha", "gamma", "delta", "b", "beta", "zeta", "omega", "c", "e_start", "e_max")))
+      ("a", "alpha", "gamma", "delta", "b", "beta", "zeta", "omega", "c", "e_start", "e_max") if k in c))
 for part in ("train", "heldout"):
     q = fit[part]
     print(f"{part:>8}: {q['n']:3d} runs, RMSE(log L) {q['rmse_log']:.4f}, max |L - L^| {q['max_abs_error']:.4f}")

@@ -1,13 +1,21 @@
 // Fit benchmark: the paper-sized problem (280 runs, the full 3^9 start grid, 200 bootstrap refits)
 // on every hardware thread. Prints figures only; a time is never pass/fail.
+//
+// fit_bench SHARED_DATA (the ../shared/data folder) instead prints the fitting approaches on the real
+// tables: for each held-out split of the paper's 270 runs, every approach's training domain, training
+// and validation error and held-out error beside the published fit's; then Hoffmann et al.'s points
+// as Epoch AI fitted them, coefficients and bootstrap standard errors beside theirs.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include "../tests/analysis/synthetic_runs.h"
 #include "moesweep/analysis/fit.h"
+#include "moesweep/analysis/published.h"
 
 namespace {
 
@@ -18,10 +26,89 @@ std::string cpu_model() {
   return "unknown CPU";
 }
 
+int real_tables(const std::string& shared_data) {
+  using namespace moesweep::analysis;
+  const std::vector<Run> runs = read_runs_csv(shared_data + "/ludziejewski2025/runs.csv");
+  struct Approach {
+    const char* name;
+    Objective objective;
+    std::optional<double> floor;  // nullopt = by forward validation
+    double margin;
+  };
+  const Approach approaches[] = {
+      {"huber, every training run (the old default)", Objective::huber, 0.0, kDomainValidationMargin},
+      {"huber, D/N floor by validation (default)", Objective::huber, std::nullopt, kDomainValidationMargin},
+      {"huber, D/N floor by validation, margin 0", Objective::huber, std::nullopt, 0.0},
+      {"paper objective, every training run", Objective::paper, 0.0, kDomainValidationMargin},
+      {"paper objective, D/N floor by validation", Objective::paper, std::nullopt, kDomainValidationMargin},
+  };
+  std::printf("The paper's 270 runs (%s/ludziejewski2025/runs.csv); RMSE of ln L, max |L - L^|\n",
+              shared_data.c_str());
+  for (const char* split : {"lowest-loss:10", "top-compute:10", "largest-n:10"}) {
+    std::printf("\nheld out: %s\n  %-46s %6s %6s %9s %17s %17s\n", split, "approach", "D/N>=", "fitted",
+                "train", "validation", "held out");
+    for (const Approach& a : approaches) {
+      FitOptions options;
+      options.heldout = parse_heldout_rule(split);
+      options.objective = a.objective;
+      options.min_tokens_per_param = a.floor;
+      options.domain_choice.margin = a.margin;
+      options.bootstrap = 0;
+      const FitResult fit = fit_law(runs, options);
+      std::string validation = "-";
+      for (const FloorCandidate& c : fit.domain.candidates)
+        if (fit.domain.by_validation && c.min_tokens_per_param == fit.domain.min_tokens_per_param) {
+          char text[64];
+          std::snprintf(text, sizeof text, "%.5f / %.4f", c.validation.rmse_log, c.validation.max_abs_error);
+          validation = text;
+        }
+      std::printf("  %-46s %6g %6zu %9.5f %17s %9.5f / %.4f\n", a.name, fit.domain.min_tokens_per_param,
+                  fit.fitted_runs.size(), fit.train.rmse_log, validation.c_str(), fit.heldout_errors.rmse_log,
+                  fit.heldout_errors.max_abs_error);
+      std::fflush(stdout);
+    }
+    const std::vector<std::size_t> heldout = select_heldout(runs, parse_heldout_rule(split));
+    std::vector<std::size_t> training;
+    for (std::size_t i = 0; i < runs.size(); ++i)
+      if (std::find(heldout.begin(), heldout.end(), i) == heldout.end()) training.push_back(i);
+    const ErrorSummary t = error_summary(paper_coefficients(), runs, training),
+                       h = error_summary(paper_coefficients(), runs, heldout);
+    std::printf("  %-46s %6s %6zu %9.5f %17s %9.5f / %.4f\n",
+                "published fit (start chosen with held-out runs)", "-", training.size(), t.rmse_log, "-",
+                h.rmse_log, h.max_abs_error);
+  }
+
+  const std::vector<Run> chinchilla = read_runs_csv(shared_data + "/chinchilla-epoch/runs.csv");
+  FitOptions options;
+  options.exclude.highest_loss = 5;
+  options.heldout.count = 0;
+  options.huber_delta = 1e-3;
+  const FitResult fit = fit_law(chinchilla, options);
+  const PublishedFit* huber = nullptr;
+  const PublishedFit* headline = nullptr;
+  for (const PublishedFit& p : published_fits()) {
+    if (p.key == "epoch2024-huber") huber = &p;
+    if (p.key == "epoch2024") headline = &p;
+  }
+  std::printf(
+      "\nHoffmann et al.'s points (Epoch's extraction, 5 highest-loss excluded, Huber 1e-3, %zu runs fitted, "
+      "%zu/%zu bootstrap refits converged)\n  %-6s %12s %12s %25s %10s %10s\n",
+      fit.fitted_runs.size(), fit.bootstrap_converged, fit.bootstrap_fits, "", "this fit", "Epoch Huber",
+      "90% interval", "SE", "Epoch SE");
+  const auto ours = to_array(fit.coefficients), theirs = to_array(huber->coefficients);
+  for (const std::size_t i : {0u, 1u, 4u, 5u, 8u})
+    std::printf("  %-6s %12.6g %12.6g   [%9.4g, %9.4g] %10.3g %10.3g\n",
+                std::string(kCoefficientNames[i]).c_str(), ours[i], theirs[i],
+                fit.coefficient_intervals[i].low, fit.coefficient_intervals[i].high, fit.coefficient_se[i],
+                headline->standard_errors[i]);
+  return 0;
+}
+
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
   using namespace moesweep::analysis;
+  if (argc > 1) return real_tables(argv[1]);
   const Coefficients truth = paper_coefficients();
   const std::vector<Run> runs = testing::synthetic_runs(truth, 0.005, 1);
   FitOptions options;  // defaults: 3^9 starts, 200 bootstraps, lowest-loss:10 held out

@@ -57,17 +57,6 @@ Coefficients load_coefficients(const std::string& spec) {
     throw InputError::at(path.string(), static_cast<long>(e.source().begin.line), "",
                          std::string(e.description()));
   }
-  std::array<double, kCoefficientCount> values{};
-  for (std::size_t i = 0; i < kCoefficientCount; ++i) {
-    const std::string key(kCoefficientNames[i]);
-    const toml::node* node = table.get(key);
-    if (node == nullptr) throw InputError::at(path.string(), 0, key, "missing coefficient");
-    const std::optional<double> value = node->value<double>();  // accepts integers too
-    const long line = static_cast<long>(node->source().begin.line);
-    if (!value || !std::isfinite(*value))
-      throw InputError::at(path.string(), line, key, "not a finite number");
-    values[i] = *value;
-  }
   LawForm form = LawForm::joint;
   if (const toml::node* node = table.get("form")) {
     const std::optional<std::string> text = node->value<std::string>();
@@ -76,6 +65,21 @@ Coefficients load_coefficients(const std::string& spec) {
       form = LawForm::dense;
     else if (text != "joint")
       throw InputError::at(path.string(), line, "form", "must be \"joint\" or \"dense\"");
+  }
+  std::array<double, kCoefficientCount> values{};
+  for (std::size_t i = 0; i < kCoefficientCount; ++i) {
+    const std::string key(kCoefficientNames[i]);
+    const toml::node* node = table.get(key);
+    if (node == nullptr && form == LawForm::dense && (key == "e_start" || key == "e_max")) {
+      values[i] = key == "e_start" ? kDenseEStart : kDenseEMax;  // a dense law has no Ê
+      continue;
+    }
+    if (node == nullptr) throw InputError::at(path.string(), 0, key, "missing coefficient");
+    const std::optional<double> value = node->value<double>();  // accepts integers too
+    const long line = static_cast<long>(node->source().begin.line);
+    if (!value || !std::isfinite(*value))
+      throw InputError::at(path.string(), line, key, "not a finite number");
+    values[i] = *value;
   }
   Coefficients k = from_array(values, form);
   if (!(k.e_start > 0) || !(k.e_max > k.e_start))
@@ -91,12 +95,15 @@ std::string coefficients_toml(const Coefficients& k) {
       << "#   1/Ehat = 1/(E - 0.99 + (1/e_start - 1/e_max)^-1) + 1/e_max\n";
   if (k.form == LawForm::dense)
     out << "# Fitted on dense (E = 1) runs only: the Chinchilla form, gamma = delta = zeta = omega = 0,\n"
-        << "# and e_start, e_max have no effect on the loss.\n";
+        << "# and the law has no e_start or e_max.\n";
   out << "form = \"" << (k.form == LawForm::dense ? "dense" : "joint") << "\"\n";
   const auto values = to_array(k);
   out << std::setprecision(17);
-  for (std::size_t i = 0; i < kCoefficientCount; ++i)
+  for (std::size_t i = 0; i < kCoefficientCount; ++i) {
+    const bool transform = kCoefficientNames[i] == "e_start" || kCoefficientNames[i] == "e_max";
+    if (k.form == LawForm::dense && transform) continue;
     out << kCoefficientNames[i] << " = " << values[i] << "\n";
+  }
   return out.str();
 }
 

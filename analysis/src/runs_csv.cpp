@@ -35,9 +35,15 @@ std::vector<Run> read_runs_csv(const std::string& path) {
   constexpr std::array<const char*, 4> kColumns = {"n_act", "tokens", "experts", "loss"};
   std::string line;
   long line_number = 0;
-  while (std::getline(in, line)) {  // the header is the first non-blank line
+  // Blank lines and comment lines (starting with '#', as in ../shared/data's tables) are skipped; the
+  // header is the first other line.
+  auto skipped = [](const std::string& text) {
+    const std::string t = trim(text);
+    return t.empty() || t.front() == '#';
+  };
+  while (std::getline(in, line)) {
     ++line_number;
-    if (!trim(line).empty()) break;
+    if (!skipped(line)) break;
   }
   const std::vector<std::string> header = split_fields(line);
   std::array<std::size_t, 4> column_of{};
@@ -54,7 +60,7 @@ std::vector<Run> read_runs_csv(const std::string& path) {
   std::vector<Run> runs;
   while (std::getline(in, line)) {
     ++line_number;
-    if (trim(line).empty()) continue;
+    if (skipped(line)) continue;
     const std::vector<std::string> fields = split_fields(line);
     std::array<double, 4> values{};
     for (std::size_t c = 0; c < kColumns.size(); ++c) {

@@ -1,8 +1,11 @@
 // moesweep fit (--csv FILE | --db FILE [--sweep NAME]) [--out DIR] [--heldout lowest-loss:10] [--json] ...:
-// fit the joint law to finished runs, check it on held-out runs, write fit.toml, report.md and plots.
+// fit the joint law to finished runs, choose its training domain on validation runs carved from the
+// training runs, check it on held-out runs, write fit.toml, report.md and plots.
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -21,6 +24,10 @@ struct FitCommandOptions {
   std::string sweep;
   std::string out;
   std::string heldout = "lowest-loss:10";
+  std::string validation = "auto";
+  std::string min_tokens_per_param = "auto";
+  std::string exclude;
+  std::string objective = "huber";
   analysis::FitOptions fit;
   bool json = false;
 };
@@ -39,23 +46,39 @@ void show_progress(std::string_view stage, std::size_t done, std::size_t total) 
 
 void print_summary(const analysis::FitResult& fit, const std::string& out) {
   const bool dense = fit.coefficients.form == analysis::LawForm::dense;
-  std::printf("%s fit, %zu train runs, %zu held out; %zu/%zu polished starts converged; %.1f s\n",
-              dense ? "Dense-only (Chinchilla form: no expert terms)" : "Joint", fit.train.n,
-              fit.heldout_errors.n, fit.converged_starts, fit.polished, fit.seconds);
+  std::printf(
+      "%s fit, %zu train runs (%zu fitted), %zu held out; %zu/%zu polished starts converged; %.1f s\n",
+      dense ? "Dense-only (Chinchilla form: no expert terms)" : "Joint", fit.training.size(),
+      fit.fitted_runs.size(), fit.heldout_errors.n, fit.converged_starts, fit.polished, fit.seconds);
+  if (!fit.excluded.empty()) std::printf("excluded: %zu runs\n", fit.excluded.size());
+  std::printf("training domain: D/N >= %g: %s\n", fit.domain.min_tokens_per_param, fit.domain.reason.c_str());
+  for (const std::string& warning : fit.warnings) std::printf("warning: %s\n", warning.c_str());
   const auto values = analysis::to_array(fit.coefficients);
   for (std::size_t i = 0; i < analysis::kCoefficientCount; ++i) {
-    std::printf("  %-8s %12.6g", std::string(analysis::kCoefficientNames[i]).c_str(), values[i]);
-    if (!fit.coefficient_intervals.empty())
-      std::printf("   90%% [%.4g, %.4g]", fit.coefficient_intervals[i].low,
-                  fit.coefficient_intervals[i].high);
+    const std::string name(analysis::kCoefficientNames[i]);
+    if (dense && !fit.fitted[i]) continue;  // γ = δ = ζ = ω = 0 and no E_start, E_max: said above
+    std::printf("  %-8s %12.6g", name.c_str(), values[i]);
+    if (!fit.fitted[i])
+      std::printf("   held (not identified)");
+    else if (!fit.coefficient_intervals.empty())
+      std::printf("   90%% [%.4g, %.4g]%s", fit.coefficient_intervals[i].low,
+                  fit.coefficient_intervals[i].high, fit.intervals_reliable ? "" : " (unreliable)");
     std::printf("\n");
   }
   for (const std::string& name : analysis::coefficients_at_bounds(fit.coefficients))
     std::printf("note: %s is at its bound (%s): the runs do not identify it; see report.md\n", name.c_str(),
                 name == "e_max" ? "E_max <= 1e6: no saturation of the benefit of experts in these runs"
                                 : "E_start >= 1");
-  std::printf("train:    RMSE(ln L) %.5f, max |L - L^| %.4f (n = %zu)\n", fit.train.rmse_log,
+  if (fit.bootstrap_fits > 0)
+    std::printf("bootstrap: %zu/%zu refits converged (%zu underdetermined resamples, %zu failed)\n",
+                fit.bootstrap_converged, fit.bootstrap_fits, fit.bootstrap_underdetermined,
+                fit.bootstrap_failed);
+  std::printf("train:    RMSE(ln L) %.5f, max |L - L^| %.4f (n = %zu fitted)\n", fit.train.rmse_log,
               fit.train.max_abs_error, fit.train.n);
+  if (fit.below_floor_errors.n > 0)
+    std::printf("below floor (not fitted): RMSE(ln L) %.5f, max |L - L^| %.4f (n = %zu)\n",
+                fit.below_floor_errors.rmse_log, fit.below_floor_errors.max_abs_error,
+                fit.below_floor_errors.n);
   if (fit.heldout_errors.n > 0)
     std::printf("held out: RMSE(ln L) %.5f, max |L - L^| %.4f (n = %zu)\n", fit.heldout_errors.rmse_log,
                 fit.heldout_errors.max_abs_error, fit.heldout_errors.n);
@@ -66,6 +89,18 @@ void run_fit(FitCommandOptions& opt) {
   if (opt.csv.empty() == opt.db.empty()) throw InputError("fit: give exactly one of --csv FILE or --db FILE");
   if (!opt.sweep.empty() && opt.db.empty()) throw InputError::at("--sweep", 0, "", "only applies to --db");
   opt.fit.heldout = analysis::parse_heldout_rule(opt.heldout);
+  if (opt.validation != "auto")
+    opt.fit.validation = analysis::parse_heldout_rule(opt.validation, "--validation");
+  if (!opt.exclude.empty()) opt.fit.exclude = analysis::parse_exclude_rule(opt.exclude);
+  opt.fit.objective = analysis::parse_objective(opt.objective);
+  if (opt.min_tokens_per_param != "auto") {
+    char* end = nullptr;
+    const double floor = std::strtod(opt.min_tokens_per_param.c_str(), &end);
+    if (opt.min_tokens_per_param.empty() || *end != '\0' || !(floor >= 0) || !std::isfinite(floor))
+      throw InputError::at("--min-tokens-per-param", 0, "",
+                           "'" + opt.min_tokens_per_param + "': use auto or a number >= 0");
+    opt.fit.min_tokens_per_param = floor;
+  }
   const std::string source = opt.csv.empty() ? opt.db : opt.csv;
   const std::vector<analysis::Run> runs =
       opt.csv.empty()
@@ -99,6 +134,21 @@ void add_fit(CLI::App& app) {
   cmd->add_option("--out", opt->out, "Write fit.toml, report.md and the plots here");
   cmd->add_option("--heldout", opt->heldout, "Held-out runs: lowest-loss:K, top-compute:K or largest-n:K")
       ->capture_default_str();
+  cmd->add_option("--validation", opt->validation,
+                  "Validation runs carved from the training runs to choose the training domain: a rule like "
+                  "--heldout's, or auto (the --heldout rule again: its next K runs)")
+      ->capture_default_str();
+  cmd->add_option(
+         "--min-tokens-per-param", opt->min_tokens_per_param,
+         "Fit only training runs with D/N at or above this floor; auto chooses it by validation among "
+         "0,1,2,3,5,7,10,15,20")
+      ->capture_default_str();
+  cmd->add_option("--exclude", opt->exclude,
+                  "Drop runs before anything else: highest-loss:K (Epoch's rule for Hoffmann's points: 5)");
+  cmd->add_option(
+         "--objective", opt->objective,
+         "huber (sum of Huber losses on ln L) or paper (the authors' weighted, regularised objective)")
+      ->capture_default_str();
   cmd->add_option("--huber-delta", opt->fit.huber_delta, "Huber loss threshold on ln L")
       ->capture_default_str();
   cmd->add_option("--starts", opt->fit.starts,
@@ -106,6 +156,10 @@ void add_fit(CLI::App& app) {
       ->check(kPositive)
       ->capture_default_str();
   cmd->add_option("--bootstrap", opt->fit.bootstrap, "Bootstrap refits for the 90% intervals (0 = none)")
+      ->capture_default_str();
+  cmd->add_option("--bootstrap-starts", opt->fit.bootstrap_starts,
+                  "Starts per bootstrap refit: the chosen fit, then the next-best distinct solutions")
+      ->check(kPositive)
       ->capture_default_str();
   cmd->add_option("--seed", opt->fit.seed, "Bootstrap resampling seed")->capture_default_str();
   cmd->add_option("--max-iterations", opt->fit.max_iterations,
@@ -123,6 +177,10 @@ void add_fit(CLI::App& app) {
       "The fit keeps E_start >= 1 (below one expert's worth Clark's transform has no meaning) and\n"
       "E_max <= 1e6 (a fit at that bound means the runs show no saturation: E_max is not identified);\n"
       "report.md, the summary and --json (\"at_bound\") say when a coefficient ends on a bound.\n"
+      "Training domain: runs with D/N below a floor are not fitted; by default the floor is the lowest\n"
+      "whose fit predicts validation runs carved from the training runs by the --heldout rule (its next K\n"
+      "runs) within 10% of the best floor's RMSE. The held-out runs never influence the fit. With fewer\n"
+      "than 3 expert counts E_start and E_max are held at the published values and flagged.\n"
       "Exit status: 0 fitted; 1 no start converged (nothing written); 2 bad input.");
   cmd->callback([opt] { run_fit(*opt); });
 }

@@ -97,6 +97,7 @@ TEST(Fit, BootstrapIntervalsAreCalibratedForAllElevenCoefficients) {
   FitOptions options;
   options.starts = 81;  // the grid identifies the law: 81 starts find the same optimum as 3^9
   options.bootstrap = 100;
+  options.min_tokens_per_param = 0;  // intervals of the law itself; the floor's choice is tested below
   const auto truth = to_array(paper_coefficients());
   // Compared in the solver's own scale (logs of the positive scales, 1/E_max), where the fitted
   // values scatter roughly symmetrically; the percentile intervals carry over unchanged.
@@ -220,6 +221,12 @@ TEST(Fit, HeldOutRunsNeverChangeTheChosenFit) {
   for (const std::size_t i : clean.heldout) runs[i].loss *= 0.9;  // still the lowest, so still held out
   const FitResult corrupted = fit_law(runs, options);
   ASSERT_EQ(clean.heldout, corrupted.heldout);
+  // Nor the training domain: the floors' validation figures come from training runs only.
+  ASSERT_EQ(clean.domain.candidates.size(), corrupted.domain.candidates.size());
+  for (std::size_t f = 0; f < clean.domain.candidates.size(); ++f)
+    EXPECT_EQ(clean.domain.candidates[f].validation.rmse_log,
+              corrupted.domain.candidates[f].validation.rmse_log);
+  EXPECT_EQ(clean.domain.min_tokens_per_param, corrupted.domain.min_tokens_per_param);
   const auto a = to_array(clean.coefficients), b = to_array(corrupted.coefficients);
   for (std::size_t i = 0; i < kCoefficientCount; ++i) EXPECT_EQ(a[i], b[i]) << kCoefficientNames[i];
   EXPECT_GT(corrupted.heldout_errors.rmse_log, 5 * clean.heldout_errors.rmse_log);
@@ -256,9 +263,10 @@ TEST(Fit, HeldOutRulesPickTheRunsTheyName) {
 }
 
 TEST(Fit, TooFewRunsForElevenCoefficientsIsBadInput) {
-  const std::vector<analysis::Run> all = testing::synthetic_runs(paper_coefficients(), kNoise, 4, {1, 4});
-  std::vector<analysis::Run> runs(all.begin(), all.begin() + 6);  // six dense runs
-  runs.insert(runs.end(), all.begin() + 40, all.begin() + 46);    // six with E = 4
+  const std::vector<analysis::Run> all = testing::synthetic_runs(paper_coefficients(), kNoise, 4, {1, 4, 16});
+  std::vector<analysis::Run> runs(all.begin(), all.begin() + 4);  // four dense runs
+  runs.insert(runs.end(), all.begin() + 40, all.begin() + 44);    // four with E = 4
+  runs.insert(runs.end(), all.begin() + 80, all.begin() + 84);    // four with E = 16
   FitOptions options = quick_options();
   options.heldout.count = 2;  // leaves 10 training runs for 11 coefficients
   try {
@@ -267,6 +275,196 @@ TEST(Fit, TooFewRunsForElevenCoefficientsIsBadInput) {
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("need at least 11"), std::string::npos) << e.what();
   }
+}
+
+// ---- The training-domain rule, on plain figures -------------------------------------------------------
+
+FloorCandidate candidate(double floor, double rmse, bool eligible = true, bool converged = true) {
+  FloorCandidate c;
+  c.min_tokens_per_param = floor;
+  c.fitted_runs = 100;
+  c.eligible = eligible;
+  c.converged = converged;
+  c.validation = ErrorSummary{rmse, 10 * rmse, 10};
+  return c;
+}
+
+TEST(TrainingDomain, TheLowestFloorWithinTheMarginOfTheBestWins) {
+  // The paper's figures (lowest-loss:10, validation RMSE per floor): 7 is best, 5 is 16% worse.
+  const std::vector<FloorCandidate> paper = {
+      candidate(0, 0.00803),  candidate(1, 0.00620),  candidate(2, 0.00496),
+      candidate(3, 0.00414),  candidate(5, 0.00334),  candidate(7, 0.00289),
+      candidate(10, 0.00322), candidate(15, 0.00388), candidate(20, 0.00570)};
+  EXPECT_EQ(choose_training_domain(paper).chosen, 5u) << "floor 7";
+  // Law-generated runs: the floors differ by noise only, so every run is fitted.
+  const std::vector<FloorCandidate> noise = {candidate(0, 0.00674), candidate(7, 0.00671),
+                                             candidate(20, 0.00659)};
+  EXPECT_EQ(choose_training_domain(noise).chosen, 0u);
+  // With no margin, the lowest RMSE.
+  EXPECT_EQ(choose_training_domain(noise, DomainChoiceOptions{0.0, 0.0}).chosen, 2u);
+  // Noise-free runs: every floor predicts to rounding, and every run is fitted.
+  const std::vector<FloorCandidate> exact = {candidate(0, 3e-13), candidate(2, 5e-14), candidate(7, 1e-13)};
+  EXPECT_EQ(choose_training_domain(exact).chosen, 0u);
+  // A wider margin trades the paper's floor 7 for 5.
+  EXPECT_EQ(choose_training_domain(paper, DomainChoiceOptions{0.2, 1e-6}).chosen, 4u);
+}
+
+TEST(TrainingDomain, IneligibleOrUnconvergedFloorsAreNeverChosen) {
+  const std::vector<FloorCandidate> candidates = {candidate(0, 0.009), candidate(5, 0.001, false),
+                                                  candidate(7, 0.002, true, false), candidate(10, 0.004)};
+  const DomainChoice choice = choose_training_domain(candidates);
+  EXPECT_EQ(choice.chosen, 3u);
+  EXPECT_NE(choice.reason.find("best 0.004 at D/N >= 10"), std::string::npos) << choice.reason;
+  EXPECT_FALSE(choose_training_domain({candidate(0, 0.001, false), candidate(5, 0.001, true, false)}).chosen);
+  EXPECT_FALSE(choose_training_domain({}).chosen);
+}
+
+TEST(TrainingDomain, NoValidationRunsMeansEveryTrainingRunIsFitted) {
+  FitOptions options = quick_options();
+  options.starts = 27;
+  options.bootstrap = 0;
+  options.heldout.count = 0;
+  const FitResult fit = fit_law(testing::synthetic_runs(paper_coefficients(), kNoise, 11), options);
+  EXPECT_FALSE(fit.domain.by_validation);
+  EXPECT_TRUE(fit.domain.candidates.empty());
+  EXPECT_EQ(fit.domain.min_tokens_per_param, 0);
+  EXPECT_EQ(fit.fitted_runs.size(), 280u);
+  EXPECT_TRUE(fit.below_floor.empty());
+}
+
+TEST(TrainingDomain, AGivenFloorLeavesTheShortRunsOutOfTheFit) {
+  const std::vector<analysis::Run> runs = testing::synthetic_runs(paper_coefficients(), kNoise, 12);
+  FitOptions options = quick_options();
+  options.starts = 27;
+  options.bootstrap = 0;
+  options.min_tokens_per_param = 20;
+  const FitResult fit = fit_law(runs, options);
+  EXPECT_TRUE(fit.domain.candidates.empty());
+  for (const std::size_t i : fit.fitted_runs) EXPECT_GE(runs[i].tokens, 20 * runs[i].n_act);
+  for (const std::size_t i : fit.below_floor) EXPECT_LT(runs[i].tokens, 20 * runs[i].n_act);
+  EXPECT_EQ(fit.fitted_runs.size() + fit.below_floor.size(), 270u);
+  EXPECT_EQ(fit.train.n, fit.fitted_runs.size());
+  EXPECT_EQ(fit.below_floor_errors.n, fit.below_floor.size());
+}
+
+// ---- Identifiability ----------------------------------------------------------------------------------
+
+// 24 runs of the published law at E ∈ {1, 8}: two values of Ê cannot place E_start and E_max, which
+// then trade against a/δ and b/ω. The fit holds them at the published values and says so, and it still
+// predicts the runs' own expert counts exactly.
+TEST(Identifiability, TwoExpertCountsHoldEStartAndEMaxAtThePublishedValues) {
+  const Coefficients truth = paper_coefficients();
+  const std::vector<analysis::Run> runs =
+      testing::runs_on_grid(truth, 0.0, 1, {1e8, 4e8, 1.6e9}, {2e9, 8e9, 3.2e10, 1.28e11}, {1, 8});
+  ASSERT_EQ(runs.size(), 24u);
+  FitOptions options = quick_options();
+  options.heldout.count = 0;
+  options.bootstrap = 20;
+  const FitResult fit = fit_law(runs, options);
+  EXPECT_EQ(fit.coefficients.form, LawForm::joint);
+  EXPECT_TRUE(fit.expert_transform_fixed);
+  EXPECT_EQ(fit.coefficients.e_start, truth.e_start);
+  EXPECT_EQ(fit.coefficients.e_max, truth.e_max);
+  EXPECT_FALSE(fit.fitted[9]) << "e_start";
+  EXPECT_FALSE(fit.fitted[10]) << "e_max";
+  EXPECT_TRUE(std::isnan(fit.coefficient_intervals[9].low)) << "no interval for a coefficient held fixed";
+  ASSERT_FALSE(fit.warnings.empty());
+  EXPECT_NE(fit.warnings.front().find("only 2 distinct expert counts (E = 1, 8): E_start and E_max are not "
+                                      "identified, so they are held at the published 2.0732 and 290.45"),
+            std::string::npos)
+      << fit.warnings.front();
+  EXPECT_LT(fit.train.rmse_log, 1e-4);
+  for (const double n : {2e8, 1e9})
+    for (const double e : {1.0, 8.0})
+      EXPECT_NEAR(predict_loss(fit.coefficients, n, 5e10, e), predict_loss(truth, n, 5e10, e), 1e-3)
+          << "N " << n << " E " << e;
+}
+
+TEST(Identifiability, OneExpertCountAboveOneIsBadInput) {
+  const std::vector<analysis::Run> runs = testing::runs_on_grid(
+      paper_coefficients(), kNoise, 1, {1e8, 4e8, 1.6e9}, {2e9, 8e9, 3.2e10, 1.28e11}, {8});
+  FitOptions options = quick_options();
+  options.heldout.count = 0;
+  try {
+    fit_law(runs, options);
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("all 12 fitted runs have E = 8: with one expert count"),
+              std::string::npos)
+        << e.what();
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << "one line";
+  }
+}
+
+// 12 runs for 11 coefficients: the fit interpolates, and a bootstrap resample of 12 runs rarely holds
+// 11 distinct ones. The report must say so, and the intervals must not pass for measurements.
+TEST(Identifiability, BarelyMoreRunsThanCoefficientsWarnsAndFlagsTheIntervals) {
+  const std::vector<analysis::Run> runs =
+      testing::runs_on_grid(paper_coefficients(), kNoise, 3, {2e8, 1.6e9}, {4e9, 6.4e10}, {1, 4, 32});
+  ASSERT_EQ(runs.size(), 12u);
+  FitOptions options = quick_options();
+  options.heldout.count = 0;
+  options.bootstrap = 40;
+  const FitResult fit = fit_law(runs, options);
+  EXPECT_FALSE(fit.expert_transform_fixed);
+  bool warned = false;
+  for (const std::string& w : fit.warnings)
+    warned = warned ||
+             w.find("12 fitted runs for 11 coefficients (fewer than 3 per coefficient)") != std::string::npos;
+  EXPECT_TRUE(warned);
+  EXPECT_FALSE(fit.intervals_reliable);
+  EXPECT_GT(fit.bootstrap_underdetermined, 20u);
+  EXPECT_EQ(fit.bootstrap_converged + fit.bootstrap_underdetermined + fit.bootstrap_failed,
+            fit.bootstrap_fits)
+      << "every replicate is counted";
+}
+
+TEST(Fit, EveryBootstrapReplicateIsCountedAndRefitsStartFromSeveralPoints) {
+  const FitResult& fit = paper_like_fit();
+  EXPECT_EQ(fit.bootstrap_converged + fit.bootstrap_underdetermined + fit.bootstrap_failed,
+            fit.bootstrap_fits);
+  EXPECT_EQ(fit.bootstrap_underdetermined, 0u);
+  EXPECT_TRUE(fit.intervals_reliable);
+  ASSERT_EQ(fit.coefficient_se.size(), kCoefficientCount);
+  for (std::size_t i = 0; i < kCoefficientCount; ++i)
+    EXPECT_GT(fit.coefficient_se[i], 0) << kCoefficientNames[i];
+}
+
+TEST(Fit, ExcludedRunsTakePartInNothing) {
+  std::vector<analysis::Run> runs = testing::synthetic_runs(paper_coefficients(), kNoise, 13, {1});
+  runs.push_back(analysis::Run{1e8, 1e9, 1, 9.0, "outlier"});  // the highest loss by far
+  FitOptions options = quick_options();
+  options.bootstrap = 0;
+  options.exclude = parse_exclude_rule("highest-loss:1");
+  const FitResult fit = fit_law(runs, options);
+  EXPECT_EQ(fit.excluded, std::vector<std::size_t>{runs.size() - 1});
+  EXPECT_EQ(fit.training.size() + fit.heldout.size(), runs.size() - 1);
+  EXPECT_EQ(to_string(parse_exclude_rule("highest-loss:5")), "highest-loss:5");
+  EXPECT_THROW(parse_exclude_rule("lowest-loss:5"), InputError);
+  EXPECT_THROW(parse_exclude_rule("highest-loss"), InputError);
+}
+
+TEST(Fit, ThePaperObjectiveWeightsLowLossRunsAndPenalisesTheRawParameters) {
+  // On three runs, by hand: weights (ln L)^-30 rescaled to mean 1, Huber δ, plus 1e-5·Σp².
+  const std::vector<analysis::Run> runs = {
+      {1e8, 1e9, 1, 3.0, ""}, {1e9, 1e10, 4, 2.6, ""}, {4e8, 2e10, 8, 2.7, ""}};
+  const Coefficients k = paper_coefficients();
+  const std::vector<std::size_t> all = {0, 1, 2};
+  double weights[3], mean = 0;
+  for (int i = 0; i < 3; ++i) mean += (weights[i] = std::pow(std::log(runs[i].loss), -30)) / 3;
+  double expected = 0;
+  for (int i = 0; i < 3; ++i) {
+    const double r = std::log(predict_loss(k, runs[i].n_act, runs[i].tokens, runs[i].experts) / runs[i].loss);
+    const double huber = std::abs(r) <= 0.01 ? 0.5 * r * r : 0.01 * (std::abs(r) - 0.005);
+    expected += weights[i] / mean * huber;
+  }
+  const double p[] = {std::log(k.a),    std::log(k.b), std::log(k.c), k.alpha, k.beta,
+                      k.delta,          k.gamma,       k.omega,       k.zeta,  std::log(k.e_start),
+                      std::log(k.e_max)};
+  for (const double v : p) expected += 1e-5 * v * v;
+  EXPECT_NEAR(objective_value(k, runs, all, Objective::paper, 0.01), expected, 1e-12);
+  EXPECT_EQ(parse_objective("paper"), Objective::paper);
+  EXPECT_THROW(parse_objective("l2"), InputError);
 }
 
 }  // namespace

@@ -53,6 +53,28 @@ TEST_F(InputFiles, CsvColumnsMayComeInAnyOrderWithExtras) {
   EXPECT_EQ(runs[1].label, (dir_ / "runs.csv").string() + ":4");
 }
 
+TEST_F(InputFiles, CsvCommentLinesAreSkipped) {
+  const auto runs =
+      read_runs_csv(write("runs.csv", "# a note\nn_act,tokens,experts,loss\n# another\n1e8,1e9,1,2.5\n"));
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_EQ(runs[0].label, (dir_ / "runs.csv").string() + ":4");
+}
+
+TEST_F(InputFiles, ADenseCoefficientsFileNeedsNoEStartOrEMax) {
+  Coefficients dense = paper_coefficients();
+  dense.gamma = dense.delta = dense.zeta = dense.omega = 0;
+  dense.form = LawForm::dense;
+  const std::string text = coefficients_toml(dense);
+  EXPECT_EQ(text.find("e_start ="), std::string::npos);
+  EXPECT_EQ(text.find("e_max ="), std::string::npos);
+  const Coefficients back = load_coefficients(write("fit.toml", text));
+  EXPECT_EQ(back.form, LawForm::dense);
+  EXPECT_DOUBLE_EQ(predict_loss(back, 1e9, 2e10, 1), predict_loss(dense, 1e9, 2e10, 1));
+  EXPECT_NE(coefficients_error("form = \"joint\"\n" + text.substr(text.find("\na = ") + 1))
+                .find("e_start: missing"),
+            std::string::npos);
+}
+
 TEST_F(InputFiles, CsvMissingColumnNamesIt) {
   const std::string error = csv_error("n_act,tokens,loss\n1e8,1e9,2.5\n");
   EXPECT_NE(error.find("runs.csv:1: experts: missing column"), std::string::npos) << error;

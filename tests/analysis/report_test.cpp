@@ -106,9 +106,43 @@ TEST_F(Report, DenseOnlyFitSaysItIsTheChinchillaForm) {
   const FitOptions options = quick_options();
   const FitResult fit = fit_law(runs, options);
   write_fit_report(dir_, fit, runs, options, "dense.csv");
-  EXPECT_NE(read_text(dir_ / "report.md").find("Chinchilla form"), std::string::npos);
+  const std::string report = read_text(dir_ / "report.md");
+  EXPECT_NE(report.find("Chinchilla form"), std::string::npos);
   EXPECT_EQ(load_coefficients((dir_ / "fit.toml").string()).form, LawForm::dense);
-  EXPECT_EQ(fit_json(fit, runs, options, "dense.csv")["form"], "dense");
+  const nlohmann::json json = fit_json(fit, runs, options, "dense.csv");
+  EXPECT_EQ(json["form"], "dense");
+  // A dense law has no E_start or E_max: none printed, none written, no interval [2, 2].
+  for (const char* name : {"e_start", "e_max"}) {
+    EXPECT_FALSE(json["coefficients"].contains(name)) << name;
+    EXPECT_FALSE(json["intervals"].contains(name)) << name;
+    EXPECT_EQ(report.find(std::string("| ") + name + " |"), std::string::npos) << name;
+    EXPECT_EQ(read_text(dir_ / "fit.toml").find(std::string(name) + " ="), std::string::npos) << name;
+  }
+  EXPECT_EQ(json["fitted_coefficients"], (nlohmann::json{"a", "alpha", "b", "beta", "c"}));
+}
+
+TEST_F(Report, RunsOfAPublishedLawGetAComparisonSectionAndTheDomainIsExplained) {
+  // Runs drawn from the published joint law: its published coefficients describe them, so the report
+  // sets the fit beside them.
+  const auto runs = testing::synthetic_runs(paper_coefficients(), 0.005, 8);
+  FitOptions options = quick_options();
+  options.starts = 81;
+  const FitResult fit = fit_law(runs, options);
+  write_fit_report(dir_, fit, runs, options, "synthetic.csv");
+  const std::string report = read_text(dir_ / "report.md");
+  EXPECT_NE(report.find("## Comparison with the published fits"), std::string::npos) << report;
+  EXPECT_NE(report.find("`ludziejewski2025`"), std::string::npos);
+  EXPECT_NE(report.find("| ludziejewski2025 | "), std::string::npos) << "its fit quality on the same split";
+  EXPECT_NE(report.find("## Training domain"), std::string::npos);
+  EXPECT_NE(report.find("Forward validation: the 10 training runs that `lowest-loss:10` picks next"),
+            std::string::npos);
+  const nlohmann::json json = fit_json(fit, runs, options, "synthetic.csv");
+  ASSERT_EQ(json["published"].size(), 1u);
+  EXPECT_EQ(json["published"][0]["key"], "ludziejewski2025");
+  EXPECT_EQ(json["domain"]["candidates"].size(), kTokensPerParamFloors.size());
+  EXPECT_EQ(json["domain"]["validation_runs"], 10);
+  if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) GTEST_SKIP() << "gnuplot not installed";
+  EXPECT_GT(std::filesystem::file_size(dir_ / "published_vs_observed.png"), 5000u);
 }
 
 }  // namespace

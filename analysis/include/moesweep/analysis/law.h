@@ -23,6 +23,11 @@ struct Coefficients {
   LawForm form = LawForm::joint;
 };
 
+// A dense law's E_start and E_max have no effect on its predictions (γ = δ = ζ = ω = 0); they are kept
+// at these values so that Ê stays defined, and are neither printed nor written to fit.toml.
+inline constexpr double kDenseEStart = 2.0;
+inline constexpr double kDenseEMax = 200.0;
+
 inline constexpr std::size_t kCoefficientCount = 11;
 // The coefficient names as fit.toml and the JSON outputs spell them, in Coefficients' field order.
 inline constexpr std::array<std::string_view, kCoefficientCount> kCoefficientNames = {
@@ -40,10 +45,12 @@ double transformed_experts(double experts, double e_start, double e_max);
 double predict_loss(const Coefficients& k, double n_act, double tokens, double experts);
 
 // "paper", or the path of a coefficients file (fit.toml, or a folder holding one). Throws InputError
-// for a missing file, a key that is absent or not a number, or E_max ≤ E_start.
+// for a missing file, a key that is absent or not a number, or E_max ≤ E_start. A dense file
+// (form = "dense") needs neither e_start nor e_max.
 Coefficients load_coefficients(const std::string& spec);
 
-// fit.toml's text: every coefficient at full precision, readable back by load_coefficients.
+// fit.toml's text: every coefficient at full precision, readable back by load_coefficients (a dense
+// law's without e_start and e_max, which it does not have).
 std::string coefficients_toml(const Coefficients& k);
 
 }  // namespace moesweep::analysis

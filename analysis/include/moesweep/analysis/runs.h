@@ -14,7 +14,8 @@ struct Run {
   std::string label;   // where it came from: "FILE:LINE" or the run key
 };
 
-// A CSV with the header n_act,tokens,experts,loss (any column order, extra columns ignored).
+// A CSV with the header n_act,tokens,experts,loss (any column order, extra columns ignored; blank lines
+// and lines starting with '#' skipped).
 // Throws InputError naming the file, line and field for a missing column, a value that is not a
 // number, a non-positive value or E < 1.
 std::vector<Run> read_runs_csv(const std::string& path);
