@@ -15,11 +15,14 @@ PACKAGES=(
   libcli11-dev nlohmann-json3-dev
   libssl-dev                   # SHA-256 run keys
   libpcre2-dev                 # the GPT-2 pre-tokenizer regex
+  libsimdjson-dev              # prepare-data: JSONL corpora
+  libzstd-dev zlib1g-dev       # prepare-data: .zst and .gz inputs
+  libsentencepiece-dev         # prepare-data: --tokenizer sentencepiece:MODEL
   libceres-dev libeigen3-dev   # the fit
   gnuplot-nox                  # report plots
   libgtest-dev libgmock-dev
   python3                      # the integration tests read JSON with it
-  python3-torch                # the trainer benchmark's PyTorch-eager baseline (same LibTorch 1.13)
+  python3-torch                # the trainer benchmark's PyTorch-eager baseline (same LibTorch 1.13), examples/command-backend
   slurm-wlm munge              # moesweep submit, and the one-node Slurm cluster of the slurm tests
 )
 missing=()

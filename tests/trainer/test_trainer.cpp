@@ -1,12 +1,13 @@
 // The model, the schedule and the training loop: parameter counts, capacity dropping, learning-rate
 // shape, training, bit-identical resume, torn and foreign checkpoints, divergence, bad shards.
-#include <gtest/gtest.h>
 #include <dlfcn.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <set>
 
 #include "checkpoint.h"
 #include "moesweep/input_error.h"
@@ -242,6 +243,49 @@ TEST_F(Training, ShardOfAnotherTokenizerOrMissingIsBadInput) {
   c = config();
   c.model.vocab_size = 1000;  // larger than the byte tokenizer's vocabulary
   EXPECT_THROW(train(c, options(), observer), InputError);
+}
+
+// prepare-data's numbered shards (issue 18): a directory, or the old single-file name, trains on every
+// shard, reproducibly, and evaluates across val shards.
+TEST_F(Training, ShardedDataTrainsOnEveryShardReproducibly) {
+  const auto sharded = dir() / "sharded";
+  std::filesystem::create_directories(sharded);
+  const auto byte = make_byte_tokenizer();
+  const auto train_ids = byte->encode(synthetic_text(100'000, 1));
+  const auto val_ids = byte->encode(synthetic_text(10'000, 2));
+  const auto half = [](const std::vector<TokenId>& ids, int part) {
+    const auto middle = ids.begin() + static_cast<std::ptrdiff_t>(ids.size() / 2);
+    return part == 0 ? std::vector<TokenId>(ids.begin(), middle) : std::vector<TokenId>(middle, ids.end());
+  };
+  for (int part = 0; part < 2; ++part) {
+    write_shard(sharded / ("train-0000" + std::to_string(part) + ".bin"), "byte", half(train_ids, part));
+    write_shard(sharded / ("val-0000" + std::to_string(part) + ".bin"), "byte", half(val_ids, part));
+  }
+  auto c = config();
+  c.data.train = sharded.string();
+  c.data.val = sharded.string();
+  c.train.eval_tokens = 8192;  // 256 windows of 32: more than the first val shard holds
+  RecordingObserver first, second, by_old_name;
+  const auto a = train(c, options(), first);
+  const auto b = train(c, options(), second);
+  c.data.train = (sharded / "train.bin").string();  // absent: names train-00000.bin, train-00001.bin
+  c.data.val = (sharded / "val.bin").string();
+  const auto old = train(c, options(), by_old_name);
+  EXPECT_TRUE(std::isfinite(a.eval_loss));
+  EXPECT_LT(a.eval_loss, std::log(256.0));  // it learned from the shards
+  EXPECT_EQ(a.eval_loss, b.eval_loss);
+  EXPECT_EQ(a.eval_loss, old.eval_loss);
+  ASSERT_EQ(first.progress.size(), second.progress.size());
+  for (std::size_t i = 0; i < first.progress.size(); ++i)
+    EXPECT_EQ(first.progress[i].train_loss, second.progress[i].train_loss);
+  // The run's windows (40 steps × 8 sequences) come from both train shards.
+  const ShardSet set(sharded.string(), "train");
+  std::set<std::size_t> shards_used;
+  for (int step = 0; step < 40; ++step) {
+    for (int sequence = 0; sequence < 8; ++sequence)
+      shards_used.insert(set.training_window(c.train.seed, step, sequence, 33).shard);
+  }
+  EXPECT_EQ(shards_used.size(), 2u);
 }
 
 }  // namespace

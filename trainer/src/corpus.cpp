@@ -73,10 +73,10 @@ PreparedData prepare_data(const std::vector<Document>& documents, const Tokenize
                           const std::filesystem::path& out_dir, double val_fraction) {
   if (!(val_fraction > 0.0 && val_fraction < 1.0)) throw InputError("--val-fraction must be in (0, 1)");
   if (documents.empty()) throw InputError("prepare-data: no input documents");
-  std::vector<std::uint16_t> train, val;
+  std::vector<TokenId> train, val;
   PreparedData summary;
   for (std::size_t i = 0; i < documents.size(); ++i) {
-    std::vector<std::uint16_t> ids;
+    std::vector<TokenId> ids;
     try {
       ids = tokenizer.encode(documents[i].text);
       const auto separator = tokenizer.document_separator();
@@ -106,8 +106,8 @@ PreparedData prepare_data(const std::vector<Document>& documents, const Tokenize
   std::error_code error;
   std::filesystem::create_directories(out_dir, error);
   if (error) throw InputError(out_dir.string() + ": cannot create the output directory: " + error.message());
-  write_shard(out_dir / "train.bin", tokenizer.name(), train);
-  write_shard(out_dir / "val.bin", tokenizer.name(), val);
+  write_shard(out_dir / "train.bin", tokenizer.name(), train, tokenizer.vocab_size());
+  write_shard(out_dir / "val.bin", tokenizer.name(), val, tokenizer.vocab_size());
   summary.train_tokens = train.size();
   summary.val_tokens = val.size();
   return summary;

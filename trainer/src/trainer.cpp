@@ -76,13 +76,15 @@ void require(bool ok, const std::string& key, const std::string& what) {
   if (!ok) throw InputError(key + ": " + what);
 }
 
-// [sequences, T + 1] int64 windows starting at the given offsets (inputs are [:, :T], targets [:, 1:]).
-torch::Tensor windows(const Shard& shard, const std::vector<std::size_t>& offsets, std::int64_t seq_len) {
-  auto batch = torch::empty({static_cast<std::int64_t>(offsets.size()), seq_len + 1}, torch::kLong);
+// [sequences, T + 1] int64 windows at the given places (inputs are [:, :T], targets [:, 1:]).
+torch::Tensor windows(const ShardSet& shards, const std::vector<ShardSet::Window>& places,
+                      std::int64_t seq_len) {
+  auto batch = torch::empty({static_cast<std::int64_t>(places.size()), seq_len + 1}, torch::kLong);
   auto* out = batch.data_ptr<std::int64_t>();
-  const auto tokens = shard.tokens();
-  for (const auto offset : offsets) {
-    for (std::int64_t i = 0; i <= seq_len; ++i) *out++ = tokens[offset + static_cast<std::size_t>(i)];
+  for (const auto& place : places) {
+    const auto& shard = shards.shard(place.shard);
+    for (std::int64_t i = 0; i <= seq_len; ++i)
+      *out++ = shard.token(place.offset + static_cast<std::size_t>(i));
   }
   return batch;
 }
@@ -92,18 +94,27 @@ std::pair<std::int64_t, std::int64_t> slice_of(std::int64_t count, int rank, int
   return {count * rank / ranks, count * (rank + 1) / ranks};
 }
 
-void check_shard(const Shard& shard, const std::string& key, const RunConfig& config,
-                 std::size_t min_tokens) {
-  const auto path = shard.path().string();
-  if (shard.tokenizer() != config.data.tokenizer) {
-    throw InputError(path + ": shard was written with the " + shard.tokenizer() +
+// `windows_needed` windows of `window` tokens: any window start for train, contiguous windows for val.
+void check_shards(const ShardSet& shards, const std::string& key, const RunConfig& config, std::size_t window,
+                  std::size_t windows_needed, bool contiguous) {
+  const auto& path = shards.spec();
+  if (shards.tokenizer() != config.data.tokenizer) {
+    throw InputError(path + ": shard was written with the " + shards.tokenizer() +
                      " tokenizer, but the run uses " + config.data.tokenizer + " (vocabulary " +
                      std::to_string(config.model.vocab_size) + ")");
   }
-  if (shard.size() < min_tokens) {
-    throw InputError(path + ": " + key + " shard has " + std::to_string(shard.size()) +
+  const std::size_t available =
+      contiguous ? shards.contiguous_windows(window - 1, window) : shards.window_starts(window);
+  if (available >= windows_needed) return;
+  const std::size_t min_tokens = contiguous ? windows_needed * (window - 1) + 1 : window;
+  if (shards.shard_count() == 1) {
+    throw InputError(path + ": " + key + " shard has " + std::to_string(shards.size()) +
                      " tokens; the run needs at least " + std::to_string(min_tokens));
   }
+  throw InputError(path + ": " + key + " shards (" + std::to_string(shards.shard_count()) + ", " +
+                   std::to_string(shards.size()) + " tokens) hold " + std::to_string(available) + " " +
+                   (contiguous ? "eval" : "training") + " windows of " + std::to_string(window) +
+                   " tokens within a shard; the run needs " + std::to_string(windows_needed));
 }
 
 class Trainer {
@@ -115,12 +126,12 @@ class Trainer {
         reduce_(options.communicator),
         device_(options.device),
         eval_sequences_(std::max<std::int64_t>(1, config.train.eval_tokens / config.model.seq_len)),
-        train_shard_(config.data.train),
-        val_shard_(config.data.val),
+        train_shard_(config.data.train, "train"),
+        val_shard_(config.data.val, "val"),
         model_(nullptr) {
-    check_shard(train_shard_, "train", config, static_cast<std::size_t>(config.model.seq_len + 1));
-    check_shard(val_shard_, "val", config,
-                static_cast<std::size_t>(eval_sequences_ * config.model.seq_len + 1));
+    const auto window = static_cast<std::size_t>(config.model.seq_len + 1);
+    check_shards(train_shard_, "train", config, window, 1, false);
+    check_shards(val_shard_, "val", config, window, static_cast<std::size_t>(eval_sequences_), true);
     // The BLAS pool follows the intra-op thread count whatever OPENBLAS_NUM_THREADS says: the same run
     // then gives the same bits on any machine of the same CPU kernel family.
     if (options.threads > 0) torch::set_num_threads(options.threads);
@@ -227,12 +238,12 @@ class Trainer {
   ReducedLosses train_step(std::int64_t step, std::int64_t sequences, bool stop_requested) {
     const auto T = config_.model.seq_len;
     const auto [begin, end] = data_parallel_slice(config_.model, sequences, reduce_.rank(), reduce_.size());
-    std::vector<std::size_t> offsets;
+    std::vector<ShardSet::Window> places;
     for (auto sequence = begin; sequence < end; ++sequence) {
-      offsets.push_back(training_window_offset(config_.train.seed, step, sequence, train_shard_.size(),
-                                               static_cast<std::size_t>(T + 1)));
+      places.push_back(
+          train_shard_.training_window(config_.train.seed, step, sequence, static_cast<std::size_t>(T + 1)));
     }
-    const auto batch = windows(train_shard_, offsets, T).to(device_);
+    const auto batch = windows(train_shard_, places, T).to(device_);
     const double share = static_cast<double>(end - begin) / static_cast<double>(sequences);
 
     optimizer_->zero_grad();
@@ -290,11 +301,11 @@ class Trainer {
     if (reduce_.rank() == 0) observer_.on_checkpoint(position.step, position.tokens, path);
   }
 
-  // Mean cross-entropy over the first eval_tokens of val (contiguous windows), with the eval capacity
-  // factor, one forward call per routing group of the training's last batch (eval_routing_group; the
-  // authors' eval ran chunks of 64 sequences), the last group possibly shorter. Ranks split the groups;
-  // the groups and the summation order are fixed, so the figure is reproducible to the bit on CPU for a
-  // given rank count.
+  // Mean cross-entropy over the first eval_tokens of val (contiguous windows, shard after shard, none
+  // straddling two shards), with the eval capacity factor, one forward call per routing group of the
+  // training's last batch (eval_routing_group; the authors' eval ran chunks of 64 sequences), the last
+  // group possibly shorter. Ranks split the groups; the groups and the summation order are fixed, so the
+  // figure is reproducible to the bit on CPU for a given rank count.
   double evaluate() {
     torch::NoGradGuard no_grad;
     const auto T = config_.model.seq_len;
@@ -303,11 +314,13 @@ class Trainer {
     const auto [first_group, end_group] = slice_of(groups, reduce_.rank(), reduce_.size());
     double loss_sum = 0.0;
     for (auto g = first_group; g < end_group; ++g) {
-      std::vector<std::size_t> offsets;
+      std::vector<ShardSet::Window> places;
       for (auto sequence = g * group; sequence < std::min(eval_sequences_, (g + 1) * group); ++sequence) {
-        offsets.push_back(static_cast<std::size_t>(sequence * T));
+        places.push_back(val_shard_.contiguous_window(static_cast<std::size_t>(sequence),
+                                                      static_cast<std::size_t>(T),
+                                                      static_cast<std::size_t>(T + 1)));
       }
-      const auto batch = windows(val_shard_, offsets, T).to(device_);
+      const auto batch = windows(val_shard_, places, T).to(device_);
       const auto out = model_->forward(batch.narrow(1, 0, T), config_.model.eval_capacity_factor);
       loss_sum += torch::nn::functional::cross_entropy(
                       out.logits.reshape({-1, config_.model.vocab_size}), batch.narrow(1, 1, T).reshape(-1),
@@ -347,7 +360,7 @@ class Trainer {
   GradientAllReduce reduce_;
   torch::Device device_;
   std::int64_t eval_sequences_;
-  Shard train_shard_, val_shard_;
+  ShardSet train_shard_, val_shard_;
   MoeTransformer model_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   std::set<std::int64_t> keep_;  // token counts at which a kept checkpoint is written
