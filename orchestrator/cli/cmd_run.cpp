@@ -1,4 +1,4 @@
-// moesweep run SWEEP.toml --db FILE [--workdir DIR] [--backend torch|simulate] ...: under mpirun or srun,
+// moesweep run SWEEP.toml --db FILE [--workdir DIR] [--backend torch|simulate|command] ...: under mpirun or srun,
 // rank 0 coordinates and the other ranks train; with one rank the sweep runs serially in-process.
 #include <mpi.h>
 
@@ -46,7 +46,7 @@ int run_under_mpi(orchestrator::SweepRunOptions options) {
   try {
     // Each worker a GPU of its own, decided before the store is opened: a layout with two workers on one
     // GPU is refused on every rank alike, and no run starts. Rank 0 coordinates and takes no GPU.
-    if (options.backend == "torch")
+    if (options.backend != "simulate")  // torch, command, or the file's choice: a GPU each, if asked
       options.device = orchestrator::place_on_gpu(
           options.device, MPI_COMM_WORLD, size > 1 ? 0 : orchestrator::kNoCoordinator, options.gpus_per_node);
     status = orchestrator::run_sweep(options);
@@ -68,13 +68,15 @@ int run_under_mpi(orchestrator::SweepRunOptions options) {
 void add_run(CLI::App& app) {
   auto* cmd = app.add_subcommand("run", kRunDescription);
   auto opt = std::make_shared<orchestrator::SweepRunOptions>();
+  opt->backend.clear();  // not given: the sweep file's [sweep] backend, else torch
   auto deadline = std::make_shared<std::string>();
   cmd->add_option("sweep", opt->sweep_path, "Sweep file (TOML)")->required();
   cmd->add_option("--db", opt->db_path, "Sweep database (SQLite; created if missing)")->required();
   cmd->add_option("--workdir", opt->workdir, "Checkpoints go to WORKDIR/<run_key>/")->capture_default_str();
-  cmd->add_option("--backend", opt->backend, "torch trains; simulate sleeps and reports the published law")
-      ->check(CLI::IsMember({"torch", "simulate"}))
-      ->capture_default_str();
+  cmd->add_option("--backend", opt->backend,
+                  "torch trains; simulate sleeps and reports the published law; command starts the sweep's "
+                  "[backend] command (default: the sweep's [sweep] backend, else torch)")
+      ->check(CLI::IsMember({"torch", "simulate", "command"}));
   cmd->add_option("--time-scale", opt->time_scale, "simulate: wall seconds per nominal training second")
       ->check(kPositive)
       ->capture_default_str();

@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 
+#include "command_backend.h"
 #include "moesweep/analysis/law.h"
 #include "moesweep/trainer/file_io.h"
 #include "moesweep/trainer/trainer.h"
@@ -305,8 +306,9 @@ bool run_dir_owned_by(const fs::path& run_dir, std::int64_t attempt) {
   return in >> owner && owner == attempt;
 }
 
-std::unique_ptr<Backend> make_backend(const SweepRunOptions& options) {
+std::unique_ptr<Backend> make_backend(const SweepRunOptions& options, const Sweep& sweep) {
   if (options.backend == "simulate") return std::make_unique<SimulateBackend>(options);
+  if (options.backend == "command") return make_command_backend(options, sweep.command);
   return std::make_unique<TorchBackend>(options);
 }
 

@@ -1,8 +1,10 @@
 #pragma once
-// What a worker does with a run: train it (torch) or pretend to (simulate). Both report progress through
-// WorkObserver and honour stop requests; both resume from what the run's directory holds.
+// What a worker does with a run: train it (torch), pretend to (simulate), or start the user's trainer
+// (command: command_backend.h). Each reports progress through WorkObserver and honours stop requests;
+// each resumes from what the run's directory holds.
 #include <mpi.h>
 
+#include <csignal>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -41,6 +43,9 @@ class WorkObserver {
   virtual ~WorkObserver() = default;
   virtual void progress(const WorkProgress& p) = 0;
   virtual bool stop_requested() = 0;
+  // The signal that asked for the stop (SIGUSR1 or SIGTERM), which the command backend forwards to its
+  // child; SIGUSR1 when the stop came from elsewhere (the coordinator, a lost lease).
+  virtual int stop_signal() { return SIGUSR1; }
 };
 
 class Backend {
@@ -55,7 +60,8 @@ class Backend {
                            MPI_Comm gang, WorkObserver& observer) = 0;
 };
 
-std::unique_ptr<Backend> make_backend(const SweepRunOptions& options);
+// options.backend: "torch", "simulate" or "command" (then sweep.command is the template).
+std::unique_ptr<Backend> make_backend(const SweepRunOptions& options, const Sweep& sweep);
 
 // Fencing by the run directory: RUN_DIR/attempt names the attempt that owns the run now. A new attempt
 // writes it (atomically) before anything else and removes the temporary files earlier attempts left;

@@ -35,9 +35,18 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 
-// The one piece of process-wide state: set by SIGTERM/SIGUSR1, read by the loops below.
+// The one piece of process-wide state: set by SIGTERM/SIGUSR1, read by the loops below (and which of the
+// two it was, for the command backend to forward).
 std::atomic<bool> g_stop_signal{false};
-extern "C" void on_stop_signal(int) { g_stop_signal.store(true); }
+std::atomic<int> g_stop_signo{0};
+extern "C" void on_stop_signal(int signo) {
+  g_stop_signo.store(signo);
+  g_stop_signal.store(true);
+}
+int received_stop_signal() {
+  const int signo = g_stop_signo.load();
+  return signo != 0 ? signo : SIGUSR1;
+}
 
 void install_signal_handlers() {
   struct sigaction action {};
@@ -644,6 +653,7 @@ class WorkerObserver : public WorkObserver {
     MPI_Allreduce(&local, &any, 1, MPI_INT, MPI_MAX, gang_);
     return any != 0;
   }
+  int stop_signal() override { return received_stop_signal(); }
 
  private:
   std::int64_t attempt_id_;
@@ -694,7 +704,7 @@ class AliveReporter {
 };
 
 int run_worker(const SweepRunOptions& options, const Sweep& sweep, int rank) {
-  auto backend = make_backend(options);
+  auto backend = make_backend(options, sweep);
   AliveReporter alive(options.heartbeat_interval_s);
   send(0, kReady, json());
   while (true) {
@@ -841,7 +851,7 @@ int run_coordinator(const SweepRunOptions& options, Sweep sweep, int world_size)
 // One rank: the coordinator trains each run itself, in the same process.
 int run_serial(const SweepRunOptions& options, Sweep sweep) {
   Coordinator c(options, std::move(sweep), 1);
-  auto backend = make_backend(options);
+  auto backend = make_backend(options, c.sweep());
   struct Local : WorkObserver {
     Coordinator& c;
     std::int64_t attempt;
@@ -855,6 +865,7 @@ int run_serial(const SweepRunOptions& options, Sweep sweep) {
       c.flush(true);
     }
     bool stop_requested() override { return g_stop_signal.load() || c.lease_lost(); }
+    int stop_signal() override { return received_stop_signal(); }
   };
   bool stopped = false;
   while (!g_stop_signal.load() && !c.lease_lost()) {
@@ -885,13 +896,19 @@ std::string seconds(double s) {
 }
 }  // namespace
 
-int run_sweep(const SweepRunOptions& options) {
+int run_sweep(const SweepRunOptions& given) {
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   install_signal_handlers();
   // Every rank expands the same file, so a run travels as its index in the canonical order.
-  Sweep sweep = load_sweep_file(options.sweep_path);
+  Sweep sweep = load_sweep_file(given.sweep_path);
+  // --backend wins over the file's [sweep] backend; neither given: the native trainer.
+  SweepRunOptions options = given;
+  if (options.backend.empty()) options.backend = sweep.backend.empty() ? "torch" : sweep.backend;
+  if (options.backend == "command" && sweep.command.argv.empty())
+    throw InputError(options.sweep_path +
+                     ": --backend command needs a [backend] table with command = [\"program\", \"arg\", ...]");
   // A live worker reports every interval; a timeout within three of them would declare it dead for one
   // late message (a loaded node, a slow network).
   if (const double timeout = sweep.resources.heartbeat_timeout_s; timeout < 3 * options.heartbeat_interval_s)

@@ -15,6 +15,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "command_backend_protocol.h"
 #include "moesweep/input_error.h"
 #include "moesweep/orchestrator/slurm_submit.h"
 
@@ -367,13 +368,14 @@ class TokenTotal {
   std::int64_t total_ = 0;
 };
 
-// Cross-key checks and derived values, once a point is fully assembled.
-void finish_point(const std::string& file, Point& p) {
+// Cross-key checks and derived values, once a point is fully assembled. `data_required`: false for the
+// command backend, whose trainer reads its own data.
+void finish_point(const std::string& file, Point& p, bool data_required = true) {
   RunConfig& c = p.config;
-  if (c.data.train.empty())
+  if (data_required && c.data.train.empty())
     throw InputError::at(file, 0, "data.train",
                          "missing: the token shard to train on (moesweep prepare-data writes it)");
-  if (c.data.val.empty())
+  if (data_required && c.data.val.empty())
     throw InputError::at(file, 0, "data.val", "missing: the held-out token shard for eval");
   if (p.lines.count("tokens") == 0)
     throw InputError::at(file, 0, "train.tokens", "missing: the number of training tokens D");
@@ -506,7 +508,7 @@ Point base_point(const std::string& file, const toml::table& root, const std::se
     if (!allowed.count(key)) {
       std::vector<std::string> known(allowed.begin(), allowed.end());
       std::string hint = (key == "grid" || key == "sweep" || key == "filters" || key == "resources" ||
-                          key == "store")
+                          key == "store" || key == "backend")
                              ? "only sweep files have [" + key + "]; use moesweep expand/run for a sweep"
                              : unknown_key_message(key, known);
       throw InputError::at(file, line_of(node), key, hint);
@@ -586,6 +588,33 @@ void apply_grid_value(const std::string& file, Point& p, const std::string& key,
   if (!f) f = find_field(filter_fields(), "", key);
   f->apply(p, Value{file, node, "grid." + key});
   p.lines[key] = line_of(node);
+}
+
+// [backend]: command = ["program", "arg", ...] and env = { NAME = "value" }, each string a template whose
+// placeholders must all be known (command_backend_protocol.h).
+CommandTemplate command_template(const std::string& file, const toml::node& node) {
+  CommandTemplate t;
+  auto checked = [&](const toml::node& n, const std::string& key) {
+    const std::string text = Value{file, n, key}.string();
+    if (const auto problem = command::check_template(text)) Value{file, n, key}.fail(*problem);
+    return text;
+  };
+  for (auto&& [k, v] : as_table(file, node, "backend")) {
+    const std::string key = "backend." + std::string(k.str());
+    if (k == "command") {
+      const toml::array* argv = v.as_array();
+      if (!argv) Value{file, v, key}.fail("expected a list of strings [\"program\", \"arg\", ...], got " + type_name(v));
+      if (argv->empty()) Value{file, v, key}.fail("empty list: name the program to run");
+      for (const toml::node& arg : *argv) t.argv.push_back(checked(arg, key));
+    } else if (k == "env") {
+      for (auto&& [name, value] : as_table(file, v, key))
+        t.env.emplace_back(std::string(name.str()), checked(value, key + "." + std::string(name.str())));
+    } else {
+      Value{file, v, key}.fail(unknown_key_message(k.str(), {"command", "env"}));
+    }
+  }
+  if (t.argv.empty()) throw InputError::at(file, line_of(node), "backend.command", "missing: the command to run");
+  return t;
 }
 
 }  // namespace
@@ -693,21 +722,29 @@ RunConfig load_run_file(const std::string& path) {
 
 Sweep load_sweep_file(const std::string& path) {
   toml::table root = parse(path);
-  Point base =
-      base_point(path, root, {"data", "model", "train", "sweep", "resources", "store", "filters", "grid"});
+  Point base = base_point(path, root,
+                          {"data", "model", "train", "sweep", "backend", "resources", "store", "filters", "grid"});
 
   Sweep sweep;
   sweep.path = path;
   sweep.name = std::filesystem::path(path).stem().string();
+  long backend_line = 0;
   if (const toml::node* node = root.get("sweep")) {
     for (auto&& [k, v] : as_table(path, *node, "sweep")) {
       Value value{path, v, "sweep." + std::string(k.str())};
       if (k == "name")
         sweep.name = value.string();
+      else if (k == "backend")
+        sweep.backend = value.one_of({"torch", "simulate", "command"}), backend_line = line_of(v);
       else if (k != "description")
-        value.fail(unknown_key_message(k.str(), {"name", "description"}));
+        value.fail(unknown_key_message(k.str(), {"name", "description", "backend"}));
     }
   }
+  if (const toml::node* node = root.get("backend")) sweep.command = command_template(path, *node);
+  if (sweep.backend == "command" && sweep.command.argv.empty())
+    throw InputError::at(path, backend_line, "sweep.backend",
+                         "\"command\" needs a [backend] table with command = [\"program\", \"arg\", ...]");
+  const bool data_required = sweep.backend != "command";
   if (const toml::node* node = root.get("resources")) {
     for (auto&& [k, v] : as_table(path, *node, "resources")) {
       Value value{path, v, "resources." + std::string(k.str())};
@@ -761,7 +798,7 @@ Sweep load_sweep_file(const std::string& path) {
   TokenTotal tokens;
   const toml::node* grid = root.get("grid");
   if (!grid) {
-    finish_point(path, base);
+    finish_point(path, base, data_required);
     if (passes_filters(base)) runs.push_back(expanded(base.config));
   } else {
     const toml::array* blocks = grid->as_array();
@@ -786,7 +823,7 @@ Sweep load_sweep_file(const std::string& path) {
         Point point = base;
         for (std::size_t a = 0; a < axes.size(); ++a)
           apply_grid_value(path, point, axes[a].key, *axes[a].values[index[a]]);
-        finish_point(path, point);
+        finish_point(path, point, data_required);
         if (passes_filters(point)) {
           tokens.add(path, point, base);
           if (branching_line)

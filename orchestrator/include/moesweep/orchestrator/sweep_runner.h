@@ -30,7 +30,9 @@ struct SweepRunOptions {
   std::string sweep_path;
   std::string db_path;
   std::string workdir = "runs";     // checkpoints: WORKDIR/<run_key>/
-  std::string backend = "torch";    // "torch" trains; "simulate" sleeps and reports the published law
+  std::string backend = "torch";    // "torch" trains; "simulate" sleeps and reports the published law;
+                                    // "command" starts the sweep's [backend] command (command_backend.h);
+                                    // "": the sweep file's [sweep] backend, else torch
   double time_scale = 1e-5;         // simulate: wall seconds per second of nominal training
   std::optional<double> deadline;   // unix time the allocation ends (else SLURM_JOB_END_TIME, if set)
   double heartbeat_interval_s = 2;  // how often a worker reports progress

@@ -2,7 +2,7 @@
 // Run files and sweep files (TOML) → fully resolved runs with stable keys.
 //
 // A run file holds [data], [model] and [train]. A sweep file holds the same sections as defaults, plus
-// [sweep] (name), [resources], [store] (journal), [filters] and [[grid]] blocks; each block is the product of its lists and
+// [sweep] (name, backend), [backend] (the command backend's template), [resources], [store] (journal), [filters] and [[grid]] blocks; each block is the product of its lists and
 // the sweep is the union of its blocks (a grid point listed twice is one run). Relative data paths are
 // kept as written (they resolve against the working directory when a run opens them), so a run's key is
 // the same on every machine.
@@ -57,9 +57,22 @@ struct Resources {
   double rank_flops = 0;
 };
 
+// [backend]: what the command backend (backend = "command") starts for each attempt of a run, with
+// placeholders ({d_model}, {run_dir}, {resume_from}, ...: command_backend_protocol.h lists them, and the
+// loader refuses an unknown one).
+struct CommandTemplate {
+  std::vector<std::string> argv;                         // command = [...]; empty: no [backend] table
+  std::vector<std::pair<std::string, std::string>> env;  // env = { NAME = "value" }, set over the worker's
+};
+
 struct Sweep {
   std::string path;
   std::string name;  // [sweep] name, default: the file's stem
+  // [sweep] backend = "torch" | "simulate" | "command"; empty when the file does not say (`moesweep run
+  // --backend` decides, torch by default). With "command", [backend] command is required and [data] is
+  // optional (the user's trainer reads its own data; given, {train} and {val} pass it on).
+  std::string backend;
+  CommandTemplate command;
   Resources resources;
   // [store] journal = "auto" | "wal" | "rollback": the database's journal (db/journal.h: auto is a
   // rollback journal on a network file system, WAL elsewhere; MOESWEEP_JOURNAL overrides it).
