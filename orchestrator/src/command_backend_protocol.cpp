@@ -4,6 +4,8 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "spelling.h"
+
 namespace moesweep::orchestrator::command {
 namespace {
 
@@ -20,21 +22,6 @@ const std::vector<std::string>& attempt_names() {
 // Numbers as JSON writes them: integers exactly, doubles in their shortest round-trip form, so a value
 // reads back as the same number in any language.
 std::string text_of(const json& value) { return value.is_string() ? value.get<std::string>() : value.dump(); }
-
-std::size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    std::size_t diagonal = row[0];
-    row[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      const std::size_t above = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diagonal = above;
-    }
-  }
-  return row[b.size()];
-}
 
 // Walks a template: literal text to `literal`, each placeholder's name to `placeholder`. Returns the
 // first syntax problem, if any.
@@ -104,10 +91,7 @@ std::optional<std::string> check_template(const std::string& text) {
       [&](const std::string& name) -> std::optional<std::string> {
         if (std::binary_search(known.begin(), known.end(), name)) return std::nullopt;
         std::string message = "unknown placeholder '{" + name + "}'";
-        std::string best;
-        std::size_t best_distance = std::max<std::size_t>(2, name.size() / 3) + 1;
-        for (const std::string& k : known)
-          if (const std::size_t d = edit_distance(name, k); d < best_distance) best_distance = d, best = k;
+        const std::string best = closest_name(name, known);
         return best.empty() ? message + " (the README's \"Bring your own trainer\" lists them)"
                             : message + "; did you mean '{" + best + "}'?";
       });

@@ -18,6 +18,7 @@
 #include "command_backend_protocol.h"
 #include "moesweep/input_error.h"
 #include "moesweep/orchestrator/slurm_submit.h"
+#include "spelling.h"
 
 namespace moesweep::orchestrator {
 namespace {
@@ -238,32 +239,12 @@ const Field* find_field(const std::vector<Field>& fields, std::string_view secti
   return nullptr;
 }
 
-std::size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    std::size_t diagonal = row[0];
-    row[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      std::size_t above = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diagonal = above;
-    }
-  }
-  return row[b.size()];
-}
-
 // "unknown key 'expert'; did you mean 'experts'?" — the closest known key, if any is close.
 std::string unknown_key_message(std::string_view key, const std::vector<std::string>& known,
                                 const std::string& elsewhere = "") {
   std::string message = "unknown key '" + std::string(key) + "'";
   if (!elsewhere.empty()) return message + "; it belongs in " + elsewhere;
-  std::string best;
-  std::size_t best_distance = std::max<std::size_t>(2, key.size() / 3) + 1;
-  for (const std::string& k : known) {
-    std::size_t d = edit_distance(key, k);
-    if (d < best_distance) best_distance = d, best = k;
-  }
+  const std::string best = closest_name(key, known);
   if (!best.empty()) return message + "; did you mean '" + best + "'?";
   std::string list;
   for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
