@@ -62,6 +62,11 @@ void run_prepare_data(const PrepareDataOptions& options) {
       summary.val_documents, summary.documents, stream.out_dir.c_str(), summary.seconds,
       tokens / summary.seconds / 1e6, static_cast<double>(summary.input_bytes) / summary.seconds / 1e6,
       stream.threads);
+  // A SentencePiece run names its vocabulary (it sets N_act's 2·d·V and the model's embedding).
+  if (stream.tokenizer.rfind("sentencepiece:", 0) == 0) {
+    std::printf("train on them with [data] tokenizer = \"sentencepiece:%lld\"\n",
+                static_cast<long long>(trainer::make_prepare_tokenizer(stream.tokenizer)->vocab_size()));
+  }
 }
 
 }  // namespace

@@ -154,7 +154,7 @@ const std::vector<Field>& run_fields() {
        [](Point& p, const Value& v) {
          std::string name = v.string();
          if (trainer::vocab_size_of(name) == 0)
-           v.fail("unknown tokenizer '" + name + "' (known: byte, gpt2)");
+           v.fail("unknown tokenizer '" + name + "' (known: byte, gpt2, sentencepiece:VOCAB)");
          p.config.data.tokenizer = name;
          p.config.model.vocab_size = trainer::vocab_size_of(name);
        }},

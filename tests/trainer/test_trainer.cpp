@@ -288,5 +288,43 @@ TEST_F(Training, ShardedDataTrainsOnEveryShardReproducibly) {
   EXPECT_EQ(shards_used.size(), 2u);
 }
 
+// A SentencePiece-sized vocabulary: ids above 65,535 are stored as uint32 and reach the model whole. The
+// byte text's ids are moved to 65,536 + b, so a model that saw them cut to 16 bits would read other ids.
+TEST_F(Training, Uint32ShardsOfALargeVocabularyTrain) {
+  const auto large = dir() / "large-vocabulary";
+  std::filesystem::create_directories(large);
+  constexpr std::int64_t kVocab = 65536 + 256;
+  const auto byte = make_byte_tokenizer();
+  const auto shifted = [&](const std::string& text) {
+    std::vector<TokenId> ids;
+    for (const TokenId id : byte->encode(text)) ids.push_back(65536 + id);
+    return ids;
+  };
+  write_shard(large / "train-00000.bin", "sentencepiece", shifted(synthetic_text(100'000, 1)), kVocab);
+  write_shard(large / "val-00000.bin", "sentencepiece", shifted(synthetic_text(10'000, 2)), kVocab);
+  ASSERT_EQ(Shard(large / "train-00000.bin").token(0), 65536 + byte->encode(synthetic_text(100'000, 1))[0]);
+  auto c = config();
+  c.data.train = large.string();
+  c.data.val = large.string();
+  c.data.tokenizer = "sentencepiece:" + std::to_string(kVocab);
+  c.model.vocab_size = vocab_size_of(c.data.tokenizer);
+  ASSERT_EQ(c.model.vocab_size, kVocab);
+  RecordingObserver observer;
+  const auto result = train(c, options(), observer);
+  // Uniform over the vocabulary is ln 65,792 = 11.1 nats; the run learns that only 256 ids occur, and
+  // more: below ln 256 = 5.5 once the sentences' structure is seen.
+  EXPECT_LT(result.eval_loss, std::log(256.0));
+  // A run that names another vocabulary is refused with one line naming the shards.
+  c.data.tokenizer = "sentencepiece:70000";
+  c.model.vocab_size = 70000;
+  try {
+    train(c, options(), observer);
+    FAIL() << "a vocabulary mismatch was accepted";
+  } catch (const InputError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("vocabulary 65792"));
+    EXPECT_THAT(e.what(), HasSubstr(large.string()));
+  }
+}
+
 }  // namespace
 }  // namespace moesweep::trainer

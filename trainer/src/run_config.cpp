@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace moesweep::trainer {
@@ -11,7 +12,19 @@ namespace moesweep::trainer {
 std::int64_t vocab_size_of(const std::string& tokenizer) {
   if (tokenizer == "byte") return 256;
   if (tokenizer == "gpt2") return 50257;
+  constexpr std::string_view kSentencePiece = "sentencepiece:";
+  if (tokenizer.rfind(kSentencePiece, 0) == 0) {
+    const std::string digits = tokenizer.substr(kSentencePiece.size());
+    if (digits.empty() || digits.size() > 10 || digits.find_first_not_of("0123456789") != std::string::npos)
+      return 0;
+    const std::int64_t v = std::stoll(digits);
+    return v >= 2 && v < (std::int64_t{1} << 31) ? v : 0;
+  }
   return 0;
+}
+
+std::string tokenizer_family(const std::string& tokenizer) {
+  return tokenizer.rfind("sentencepiece:", 0) == 0 ? "sentencepiece" : tokenizer;
 }
 
 std::int64_t non_embedding_active_params(const ModelConfig& m) {

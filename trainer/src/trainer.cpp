@@ -98,9 +98,10 @@ std::pair<std::int64_t, std::int64_t> slice_of(std::int64_t count, int rank, int
 void check_shards(const ShardSet& shards, const std::string& key, const RunConfig& config, std::size_t window,
                   std::size_t windows_needed, bool contiguous) {
   const auto& path = shards.spec();
-  if (shards.tokenizer() != config.data.tokenizer) {
-    throw InputError(path + ": shard was written with the " + shards.tokenizer() +
-                     " tokenizer, but the run uses " + config.data.tokenizer + " (vocabulary " +
+  if (shards.tokenizer() != tokenizer_family(config.data.tokenizer) ||
+      shards.vocab_size() != config.model.vocab_size) {
+    throw InputError(path + ": shard was written with the " + shards.tokenizer() + " tokenizer (vocabulary " +
+                     std::to_string(shards.vocab_size()) + "), but the run uses " + config.data.tokenizer + " (vocabulary " +
                      std::to_string(config.model.vocab_size) + ")");
   }
   const std::size_t available =

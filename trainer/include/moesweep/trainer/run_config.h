@@ -9,7 +9,9 @@ namespace moesweep::trainer {
 struct DataConfig {
   std::string train;               // token shard written by prepare-data (path as written in the file)
   std::string val;
-  std::string tokenizer = "byte";  // "byte" (256 symbols) or "gpt2" (50257)
+  // "byte" (256 symbols), "gpt2" (50257), or "sentencepiece:V" for shards prepared with a SentencePiece
+  // model of V pieces (prepare-data prints V; the shards record it, and a mismatch is refused).
+  std::string tokenizer = "byte";
 };
 
 struct ModelConfig {
@@ -69,8 +71,12 @@ struct RunConfig {
   TrainConfig train;
 };
 
-// Vocabulary size of a tokenizer name; 0 for an unknown name.
+// Vocabulary size of a tokenizer name: 256, 50257, or V of "sentencepiece:V" (2 ≤ V < 2^31); 0 for an
+// unknown name.
 std::int64_t vocab_size_of(const std::string& tokenizer);
+// The tokenizer a shard header names for a run's tokenizer: "sentencepiece" for "sentencepiece:V",
+// else the name itself.
+std::string tokenizer_family(const std::string& tokenizer);
 
 // Parameter counts exactly as the paper counts them (router and norms excluded):
 // active = 13·d²·L + 2·d·V; total = (4 + 9E)·d²·L + 2·d·V.
