@@ -9,9 +9,9 @@ source "$(dirname "$0")/lib.sh"
 prepare_brown
 # A step of a few seconds (d_model 128, 4 layers, E = 8, 16k-token batches; the d_model-256
 # model with 32k-token batches takes over a minute a step on two cores), so that OpenMPI's own kill
-# sequence (TERM, then SIGKILL one second later) would land before the stop checkpoint. 14 steps, no
+# sequence (TERM, then SIGKILL one second later) would land before the stop checkpoint. 20 steps, no
 # interval checkpoint: the only checkpoints are the stop checkpoints.
-torch_sweep term "[8]" "[229376]" 1000000000 "" \
+torch_sweep term "[8]" "[327680]" 1000000000 "" \
   $'shape = [{d_model = 128, n_layers = 4, n_heads = 4}]\nbatch_tokens = 16384\nwarmup_tokens = 16384' > sweep.toml
 "$MOESWEEP" submit sweep.toml --db sweep.db --workdir runs --launcher mpirun --ranks-per-node 2 \
   --run-arg=--threads --run-arg=2 --run-arg=--heartbeat --run-arg=0.5 --dry-run > job.sbatch
@@ -64,8 +64,11 @@ stop_job() {
 stop_job 101 everything
 stop_job 102 script
 # mpirun alone: it TERMs its ranks after odls_base_sigkill_timeout, which the script sets to 300 s unless
-# the environment says otherwise; 8 s keeps this test short and is still far longer than OpenMPI's 1 s.
-OMPI_MCA_odls_base_sigkill_timeout=8 stop_job 103 mpirun
+# the environment says otherwise. 20 s here: long enough for the step in progress to end and write its
+# checkpoint when other tests share the two cores (a step then takes over 8 s, and 8 s failed: the ranks
+# were SIGKILLed before the stop checkpoint), short enough that the TERM lands before job 103, which
+# resumes at step 5 or 6, has trained its remaining 14 steps.
+OMPI_MCA_odls_base_sigkill_timeout=20 stop_job 103 mpirun
 
 # The next job finishes the run, resuming where the last one stopped.
 SLURM_JOB_ID=104 bash job.sbatch > job104.log 2>&1 || { cat job104.log; fail "the last job failed"; }
