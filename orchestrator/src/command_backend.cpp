@@ -505,6 +505,13 @@ class CommandBackend : public Backend {
         case Event::Kind::checkpoint:
           return checkpoint(event.checkpoint);
         case Event::Kind::result:
+          if (result_event) {  // which one would the fit get? Neither: the trainer is confused.
+            protocol_error = "protocol error on line " + std::to_string(lines) +
+                             " of the command's stdout: a second result line: " + shorten(text);
+            log(text);
+            log("moesweep: " + protocol_error);
+            return;
+          }
           result_event = event.result;
           if (leader && event.result.n_act != run.n_act)
             log("moesweep: note: the command reports n_act " + std::to_string(event.result.n_act) +
@@ -585,8 +592,13 @@ class CommandBackend : public Backend {
         r.outcome = "diverged";
         r.message = "the command exited 3 (diverged)" +
                     (last_progress ? " at step " + std::to_string(last_progress->step) : std::string());
-      } else if ((exited && code == 4) || (forwarded && !killed)) {
+      } else if (forwarded && !killed) {
         r.outcome = "stopped";  // after a forwarded stop, however it ended: preempted, not failed
+      } else if (exited && code == 4) {
+        // Stopped when nobody asked: handing it out again would loop, so it is a failed attempt.
+        r.outcome = "failed";
+        r.message = "the command exited 4 (stopped after a checkpoint) but no stop was asked of it; see " +
+                    log_path.string();
       } else if (exited && code == 0) {
         r.outcome = "failed";
         r.message = "the command exited 0 without a result line ({\"event\": \"result\", ...}); see " + log_path.string();

@@ -143,8 +143,8 @@ Event parse_protocol_line(const std::string& line) {
   json j;
   try {
     j = json::parse(line);
-  } catch (const json::parse_error&) {
-    throw ProtocolError("not valid JSON");
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number beyond a double
+    throw ProtocolError(e.id == 406 ? "not valid JSON: a number out of range" : "not valid JSON");
   }
   if (!j.is_object()) throw ProtocolError("not a JSON object");
   const auto kind = j.find("event");
@@ -168,6 +168,8 @@ Event parse_protocol_line(const std::string& line) {
     event.kind = Event::Kind::result;
     event.result = {finite(j, "eval_loss"), count(j, "n_act"), count(j, "n_total"),
                     optional_finite(j, "train_loss")};
+    if (event.result.eval_loss < 0)  // a cross-entropy in nats: a negative one is a trainer's bug
+      throw ProtocolError("field 'eval_loss' must be a loss in nats (>= 0), got " + j.at("eval_loss").dump());
   } else {
     throw ProtocolError("unknown event '" + name + "' (known: progress, checkpoint, result)");
   }

@@ -5,6 +5,8 @@
 #   E = 2: exits 0 without a result line;
 #   E = 4: an event nobody knows;
 #   E = 8: speaks the protocol: done.
+# A second sweep in the same database: E = 16 prints two result lines, E = 32 exits 4 ("stopped") when no
+# stop was asked of it, which must fail (retried, never handed out again and again).
 source "$(dirname "$0")/lib.sh"
 source "$MOESWEEP_SOURCE_DIR/tests/integration/command_lib.sh"
 cat > child.py <<'PY'
@@ -66,3 +68,29 @@ pgrep -f -- "$PWD/child.py" && fail "a child that broke the protocol outlived th
 key=$(q sweep.db "select run_key from runs where experts = 1")
 grep -q "^moesweep: protocol error on line 3" runs/$key/attempt-*.log || fail "the run's log does not say what went wrong"
 echo "ok: the run's log: $(grep -h "^moesweep: protocol" runs/$key/attempt-*.log | head -1)"
+
+# The second sweep: a second result line, and an unasked "stopped".
+cat > child2.py <<'PY'
+import json, sys
+experts = int(sys.argv[1])
+print(json.dumps({"event": "progress", "step": 1, "tokens": 1024, "loss": 5.0}), flush=True)
+if experts == 32:
+    sys.exit(4)
+print(json.dumps({"event": "result", "eval_loss": 3.5, "n_act": 1, "n_total": 1}), flush=True)
+print(json.dumps({"event": "result", "eval_loss": 1.0, "n_act": 1, "n_total": 1}), flush=True)
+PY
+sed -e 's/"protocol-errors"/"protocol-errors-2"/' -e "s#child.py#child2.py#" -e 's/experts = \[1, 2, 4, 8\]/experts = [16, 32]/' \
+  sweep.toml > sweep2.toml
+status=0
+timeout 120 "${MPIRUN[@]}" -np 2 "$MOESWEEP" run sweep2.toml --db sweep.db --workdir runs --heartbeat 0.2 > run2.log 2>&1 ||
+  status=$?
+expect_eq "second sweep: exit status with failed runs" "$status" 1
+expect_eq "second sweep: states by E" \
+  "$(q sweep.db "select group_concat(experts || ':' || state || ':' || attempts, ' ') from (select * from runs where experts > 8 order by experts)")" \
+  "16:failed:2 32:failed:2"
+expect_eq "E=16: error" "$(error_of 16)" \
+  "protocol error on line 3 of the command's stdout: a second result line: {\"event\": \"result\", \"eval_loss\": 1.0, \"n_act\": 1, \"n_total\": 1}"
+error_of 32 | grep -q "^the command exited 4 (stopped after a checkpoint) but no stop was asked of it" ||
+  fail "E=32: error is '$(error_of 32)'"
+echo "ok: a second result line and an unasked exit 4 fail their attempts"
+

@@ -213,6 +213,11 @@ TEST(CommandProtocol, MalformedLinesSayWhatIsWrong) {
       {R"({"event": "checkpoint", "tokens": 1, "path": ""})", "field 'path' must be a non-empty string"},
       {R"({"event": "result", "eval_loss": null, "n_act": 1, "n_total": 1})", "field 'eval_loss' must be a finite"},
       {R"({"event": "result", "eval_loss": 2.0, "n_total": 1})", "missing field 'n_act'"},
+      // A number beyond a double, in any field, is a protocol error, not an exception out of the worker.
+      {R"({"event": "result", "eval_loss": 1e999, "n_act": 1, "n_total": 1})", "a number out of range"},
+      {R"({"event": "progress", "step": 1, "tokens": 1, "loss": 1, "tokens_per_s": 1e500})",
+       "a number out of range"},
+      {R"({"event": "result", "eval_loss": -5, "n_act": 1, "n_total": 1})", "must be a loss in nats (>= 0)"},
   };
   for (const auto& [line, fragment] : cases) {
     try {
