@@ -92,7 +92,16 @@ void add_prepare_data(CLI::App& app) {
       ->add_option("--val-fraction", options->val_fraction,
                    "fraction of documents held out for val (by a hash of their text; default 0.01, 0.1 for "
                    "the Brown corpus)")
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(CLI::Validator(
+          [](const std::string& text) {
+            try {
+              const double f = std::stod(text);
+              if (f > 0.0 && f < 1.0) return std::string();
+            } catch (const std::exception&) {
+            }
+            return "must be in (0, 1), got " + text;
+          },
+          "in (0, 1)"));
   command
       ->add_option("--shard-tokens", options->stream.shard_tokens, "at most this many tokens per shard file")
       ->check(CLI::PositiveNumber)

@@ -121,6 +121,26 @@ TEST(PrepareStream, TextAndJsonlGiveTheSameTokens) {
   std::filesystem::remove_all(dir);
 }
 
+// A JSONL file written with a UTF-8 byte order mark gives the same tokens as one without; and a streamed
+// run into a directory that holds an older single-file train.bin/val.bin removes them, so that a config
+// naming DIR/train.bin loads the new shards, not the old data.
+TEST(PrepareStream, ByteOrderMarkAndAnOlderSingleFileLayout) {
+  const auto dir = scratch_dir("bom");
+  const auto documents = sample_documents(20);
+  write_text(dir / "plain.jsonl", jsonl_of(documents));
+  write_text(dir / "bom.jsonl", "\xEF\xBB\xBF" + jsonl_of(documents));
+  std::filesystem::create_directories(dir / "b");
+  write_shard(dir / "b" / "train.bin", "byte", std::vector<std::uint16_t>(100, 7));
+  write_shard(dir / "b" / "val.bin", "byte", std::vector<std::uint16_t>(100, 7));
+  prepare_stream(options_for("byte", dir / "a", {(dir / "plain.jsonl").string()}, "jsonl"));
+  prepare_stream(options_for("byte", dir / "b", {(dir / "bom.jsonl").string()}, "jsonl"));
+  EXPECT_EQ(tokens_of(dir / "a", "train"), tokens_of(dir / "b", "train"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "b" / "train.bin"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "b" / "val.bin"));
+  EXPECT_EQ(ShardSet((dir / "b" / "train.bin").string(), "train").size(), tokens_of(dir / "a", "train").size());
+  std::filesystem::remove_all(dir);
+}
+
 // A text-format document longer than a chunk is tokenized in parts, cut only where GPT-2's
 // pre-tokenizer ends a piece: the ids equal those of the whole text at once.
 TEST(PrepareStream, LongTextDocumentsCutIntoChunksKeepTheirTokens) {

@@ -1,6 +1,8 @@
 // The embedded Brown corpus and the train/val preparation behind `moesweep prepare-data`.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -108,6 +110,14 @@ PreparedData prepare_data(const std::vector<Document>& documents, const Tokenize
   if (error) throw InputError(out_dir.string() + ": cannot create the output directory: " + error.message());
   write_shard(out_dir / "train.bin", tokenizer.name(), train, tokenizer.vocab_size());
   write_shard(out_dir / "val.bin", tokenizer.name(), val, tokenizer.vocab_size());
+  // Numbered shards of an earlier streamed run here would be what data.train = DIR names: remove them.
+  for (const std::string role : {"train", "val"}) {
+    for (int index = 0;; ++index) {
+      char name[32];
+      std::snprintf(name, sizeof name, "-%05d.bin", index);
+      if (!std::filesystem::remove(out_dir / (role + name), error)) break;
+    }
+  }
   summary.train_tokens = train.size();
   summary.val_tokens = val.size();
   return summary;

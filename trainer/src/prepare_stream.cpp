@@ -348,6 +348,8 @@ class Reader {
         begin = newline + 1;
       }
       ++line;
+      // A UTF-8 byte order mark (Windows tools write one) is not part of the first object.
+      if (line == 1 && text.substr(0, 3) == "\xEF\xBB\xBF") text.remove_prefix(3);
       if (text.find_first_not_of(" \t\r") == std::string_view::npos) continue;  // blank lines carry nothing
       const std::string where = name + ":" + std::to_string(line) + ": ";
       simdjson::dom::element document;
@@ -459,7 +461,8 @@ class ShardWriter {
     if (fd_ >= 0) close_current();
   }
 
-  // Renames every shard to its final name and removes older ROLE-NNNNN.bin beyond the new last one.
+  // Renames every shard to its final name and removes older ROLE-NNNNN.bin beyond the new last one, and
+  // an older single-file ROLE.bin: a config naming DIR/ROLE.bin would otherwise load the old data.
   std::vector<std::filesystem::path> publish() {
     std::vector<std::filesystem::path> finals;
     for (const auto& [temporary, final_path] : written_) {
@@ -473,6 +476,7 @@ class ShardWriter {
       const auto stale = shard_path(index);
       if (::unlink(stale.c_str()) != 0) break;
     }
+    ::unlink((dir_ / (role_ + ".bin")).c_str());
     return finals;
   }
 
