@@ -408,7 +408,8 @@ class CommandBackend : public Backend {
       }
 
       int status = 0;
-      bool exited = false, forwarded = false;
+      bool exited = false, forwarded = false, stop_timed_out = false;
+      Clock::time_point forwarded_at;
       while (true) {
         read_output(100);
         if (!exited && waitpid(child.pid, &status, WNOHANG) == child.pid) exited = true;
@@ -416,6 +417,18 @@ class CommandBackend : public Backend {
         if (stop && !forwarded && !exited) {
           kill(-child.pid, observer.stop_signal());
           forwarded = true;
+          forwarded_at = Clock::now();
+        }
+        if (forwarded && !exited && !stop_timed_out &&
+            std::chrono::duration<double>(Clock::now() - forwarded_at).count() > backend.command_.stop_timeout_s) {
+          // Still running: the stop must not wait for it. Preempted all the same (not failed): the next
+          // attempt resumes from its newest announced checkpoint.
+          kill(-child.pid, SIGKILL);
+          stop_timed_out = true;
+          std::ostringstream text;
+          text << "moesweep: the command did not stop within " << backend.command_.stop_timeout_s
+               << " s of the signal (backend.stop_timeout_s): killed";
+          log(text.str());
         }
         const bool failing = !protocol_error.empty() || superseded;
         if (failing && !exited && !killed) kill_child();

@@ -590,8 +590,10 @@ CommandTemplate command_template(const std::string& file, const toml::node& node
     } else if (k == "env") {
       for (auto&& [name, value] : as_table(file, v, key))
         t.env.emplace_back(std::string(name.str()), checked(value, key + "." + std::string(name.str())));
+    } else if (k == "stop_timeout_s") {
+      t.stop_timeout_s = Value{file, v, key}.positive();
     } else {
-      Value{file, v, key}.fail(unknown_key_message(k.str(), {"command", "env"}));
+      Value{file, v, key}.fail(unknown_key_message(k.str(), {"command", "env", "stop_timeout_s"}));
     }
   }
   if (t.argv.empty()) throw InputError::at(file, line_of(node), "backend.command", "missing: the command to run");

@@ -63,6 +63,10 @@ struct Resources {
 struct CommandTemplate {
   std::vector<std::string> argv;                         // command = [...]; empty: no [backend] table
   std::vector<std::pair<std::string, std::string>> env;  // env = { NAME = "value" }, set over the worker's
+  // stop_timeout_s: how long a child may take to stop after the forwarded USR1/TERM before its process
+  // group is SIGKILLed (the run is then preempted and resumes from its newest announced checkpoint). A
+  // child hung in a collective would otherwise hold the stop until Slurm's own kill. Seconds, > 0.
+  double stop_timeout_s = 120;
 };
 
 struct Sweep {
