@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "command_backend_protocol.h"
+#include "rank_placement.h"
 #include "moesweep/trainer/file_io.h"
 
 extern char** environ;
@@ -49,12 +50,6 @@ std::string broadcast(std::string text, MPI_Comm gang) {
   text.resize(static_cast<std::size_t>(size));
   MPI_Bcast(text.data(), size, MPI_CHAR, 0, gang);
   return text;
-}
-
-std::string host_name() {
-  char name[256] = {0};
-  gethostname(name, sizeof name - 1);
-  return name;
 }
 
 // A port nobody listens on now, for the children's torch.distributed rendezvous (the kernel's choice,

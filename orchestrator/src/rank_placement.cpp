@@ -12,13 +12,13 @@
 #include "moesweep/input_error.h"
 
 namespace moesweep::orchestrator {
-namespace {
-
 std::string host_name() {
   std::array<char, 256> name{};
   if (gethostname(name.data(), name.size() - 1) != 0) return "localhost";
   return name.data();
 }
+
+namespace {
 
 // What each rank tells the others about where it runs.
 struct Announcement {

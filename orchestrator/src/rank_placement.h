@@ -9,6 +9,10 @@
 
 namespace moesweep::orchestrator {
 
+// This machine's host name (gethostname), "localhost" if it has none: the coordinator's claims and
+// attempts, the command backend's rendezvous address and temporary-file names.
+std::string host_name();
+
 // This rank's device for `device` ("cpu", "cuda", "cuda:N", ...): "cuda" becomes "cuda:K", K the rank's
 // index among the training ranks of its node (nodes as MPI_COMM_TYPE_SHARED sees them), and the
 // coordinator keeps "cuda" (it never trains); any other device comes back unchanged. Collective over

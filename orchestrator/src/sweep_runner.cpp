@@ -27,6 +27,7 @@
 #include "moesweep/orchestrator/lease.h"
 #include "moesweep/orchestrator/scheduler.h"
 #include "moesweep/orchestrator/sweep_spec.h"
+#include "rank_placement.h"
 
 namespace moesweep::orchestrator {
 namespace {
@@ -106,12 +107,6 @@ WorkResult result_from_json(const json& j) {
   r.resumed_from_step = j.value("resumed_from_step", std::int64_t{0});
   r.message = j.value("message", "");
   return r;
-}
-
-std::string host_name() {
-  char name[256] = {0};
-  gethostname(name, sizeof name - 1);
-  return name;
 }
 
 double unix_now() {
